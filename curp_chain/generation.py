@@ -1,0 +1,128 @@
+"""Backend-neutral decoding: sampling, n-gram blocking, stop sequences, streaming text.
+
+Both backends prefill their own way, then hand this loop a ``feed`` function that
+decodes one token and returns the next logits. One loop means both backends stop,
+sample and block repeats identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from curp_chain.protocols import GenerationChunk, GenerationParams
+
+Logits = npt.NDArray[np.float32]
+
+
+def banned_by_ngrams(generated: Sequence[int], n: int) -> set[int]:
+    """Tokens that would repeat an n-gram already present in ``generated``.
+
+    Only generated tokens count, not the prompt: a paraphrase must be free to reuse
+    the source's wording.
+    """
+    if n <= 0 or len(generated) < n:
+        return set()
+    prefix = tuple(generated[len(generated) - n + 1 :])
+    banned = set()
+    for start in range(len(generated) - n + 1):
+        if tuple(generated[start : start + n - 1]) == prefix:
+            banned.add(generated[start + n - 1])
+    return banned
+
+
+class TokenSampler:
+    """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling."""
+
+    def __init__(self, params: GenerationParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def choose(self, logits: Logits, generated: Sequence[int]) -> int:
+        scores = logits.astype(np.float64, copy=True)
+        for token in banned_by_ngrams(generated, self.params.no_repeat_ngram_size):
+            scores[token] = -np.inf
+        if self.params.temperature <= 0:
+            return int(np.argmax(scores))
+        scores = scores / self.params.temperature
+        scores -= scores.max()
+        probs = np.exp(scores)
+        probs /= probs.sum()
+        if self.params.top_p < 1.0:
+            order = np.argsort(-probs)
+            cumulative = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cumulative, self.params.top_p)) + 1]
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(self.rng.choice(len(probs), p=probs))
+
+
+def find_stop(text: str, stops: Sequence[str]) -> tuple[int, int]:
+    """(index of the earliest complete stop, length of the longest stop prefix at the end).
+
+    The index is -1 when no stop sequence occurs; the held-back suffix must not be
+    streamed yet, because the next token may complete a stop sequence.
+    """
+    first = -1
+    for stop in stops:
+        at = text.find(stop)
+        if at != -1 and (first == -1 or at < first):
+            first = at
+    hold = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                hold = max(hold, size)
+                break
+    return first, hold
+
+
+def decode_loop(
+    first_logits: Logits,
+    feed: Callable[[int], Logits],
+    detokenize: Callable[[list[int]], str],
+    is_end_of_turn: Callable[[int], bool],
+    params: GenerationParams,
+    *,
+    max_new_tokens: int,
+    input_tokens: int,
+    soft_tokens: int,
+) -> Iterator[GenerationChunk]:
+    """Sample up to ``max_new_tokens`` tokens, streaming text as it becomes final."""
+    sampler = TokenSampler(params)
+    generated: list[int] = []
+    emitted = 0
+    logits = first_logits
+    finish = "length"
+    text = ""
+    while len(generated) < max_new_tokens:
+        token = sampler.choose(logits, generated)
+        if is_end_of_turn(token):
+            finish = "stop"
+            break
+        generated.append(token)
+        text = detokenize(generated)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its rest
+            if len(generated) < max_new_tokens:
+                logits = feed(token)
+            continue
+        stop_at, hold = find_stop(text, params.stop)
+        if stop_at != -1:
+            text = text[:stop_at]
+            finish = "stop"
+            break
+        ready = len(text) - hold
+        if ready > emitted:
+            yield GenerationChunk(text[emitted:ready], token_ids=(token,))
+            emitted = ready
+        if len(generated) < max_new_tokens:
+            logits = feed(token)
+    usage = {
+        "input_tokens": input_tokens,
+        "output_tokens": len(generated),
+        "soft_tokens": soft_tokens,
+    }
+    yield GenerationChunk(text[emitted:], finish_reason=finish, usage=usage)

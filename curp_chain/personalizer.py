@@ -1,0 +1,121 @@
+"""History in, soft tokens out: the encoder, the CURP user model and a history store together.
+
+This is the part of curp-chain that knows nothing about LangChain or about the LLM
+backend; CurpChatModel, the CLI and the evaluation harness all use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from curp_chain.encoder import SentenceEncoder
+from curp_chain.history import (
+    HistoryItem,
+    ItemCodes,
+    NewHistoryItem,
+    normalize_items,
+    validate_user_id,
+)
+from curp_chain.protocols import HistoryStore, SoftVectors
+from curp_chain.user_model import CurpUserModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """The soft tokens for one request, and what made them (for response_metadata)."""
+
+    soft: SoftVectors | None
+    user_id: str | None
+    history_items: int = 0
+    prototypes: list[dict[str, int]] = field(default_factory=list)
+    reason: str | None = None
+    """Why the reply is not personalized (no user, no history), else None."""
+
+    @property
+    def personalized(self) -> bool:
+        return self.soft is not None
+
+
+def top_prototypes(codes: Sequence[Sequence[int]], limit: int = 8) -> list[dict[str, int]]:
+    """The (subspace, prototype) pairs most used across a user's items, most used first."""
+    counts = Counter((m, int(k)) for row in codes for m, k in enumerate(row))
+    return [{"subspace": m, "prototype": k, "items": n} for (m, k), n in counts.most_common(limit)]
+
+
+class Personalizer:
+    """Encodes history at write time and turns a user's cached codes into soft tokens."""
+
+    def __init__(self, user_model: CurpUserModel, encoder: SentenceEncoder, store: HistoryStore):
+        self.user_model = user_model.eval()
+        self.encoder = encoder
+        self.store = store
+        self.codebook_version = user_model.quantizer.version(user_model.config.encoder_id)
+
+    @torch.no_grad()
+    def encode_codes(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """(N, M) int codes of texts, through the frozen encoder and the codebook."""
+        vectors = self.encoder.encode(texts, progress=progress)
+        return self.user_model.quantizer.encode(vectors).numpy().astype(np.int64)
+
+    def add_history(
+        self,
+        user_id: str,
+        items: Iterable[str | NewHistoryItem],
+        *,
+        truncate: bool = False,
+        progress: bool = False,
+    ) -> list[HistoryItem]:
+        """Validate, encode once and store items with their codes, all or nothing."""
+        user_id = validate_user_id(user_id)
+        batch = normalize_items(items, truncate=truncate)
+        codes = self.encode_codes([item.text for item in batch], progress=progress)
+        return self.store.add_items(user_id, batch, codes.tolist(), self.codebook_version)
+
+    def user_codes(self, user_id: str) -> list[ItemCodes]:
+        """The newest items' codes, encoding (once) any made with an older codebook."""
+        limit = self.user_model.config.max_history_items
+        cached = self.store.get_codes(user_id, self.codebook_version, limit=limit)
+        encoded = list(cached.encoded)
+        if cached.stale:
+            logger.info("re-encoding %d items of %s for a new codebook", len(cached.stale), user_id)
+            fresh = self.encode_codes([item.text for item in cached.stale])
+            mapping = {item.id: row.tolist() for item, row in zip(cached.stale, fresh, strict=True)}
+            self.store.save_codes(mapping, self.codebook_version)
+            encoded += [ItemCodes(i, tuple(c)) for i, c in mapping.items()]
+        return encoded
+
+    @torch.no_grad()
+    def soft_tokens_from_codes(
+        self, codes: Sequence[Sequence[int]], query: str, *, use_query_token: bool = True
+    ) -> SoftVectors:
+        """Soft tokens (T, H) from item codes (N, M) and the current query."""
+        codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None]  # (1, N, M)
+        mask = torch.ones(codes_tensor.shape[:2], dtype=torch.bool)
+        query_vector = self.encoder.encode([query]) if self.user_model.config.query_aware else None
+        soft = self.user_model(codes_tensor, mask, query_vector, use_query_token=use_query_token)
+        return soft[0].float().numpy()
+
+    def personalize(self, user_id: str | None, query: str) -> Personalization:
+        """Soft tokens for ``user_id`` answering ``query``; none (with a reason) when the
+        user is unknown or has no history."""
+        if user_id is None:
+            return Personalization(None, None, reason="no user_id given")
+        user_id = validate_user_id(user_id)
+        items = self.user_codes(user_id)
+        if not items:
+            return Personalization(None, user_id, reason="user has no history")
+        codes = [item.codes for item in items]
+        return Personalization(
+            self.soft_tokens_from_codes(codes, query),
+            user_id,
+            history_items=len(items),
+            prototypes=top_prototypes(codes),
+        )

@@ -1,0 +1,128 @@
+"""The two seams of curp-chain: where histories live and which LLM runs the soft prompt.
+
+The core implements neither; `curp_chain_stores` and `curp_chain_integrations` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from curp_chain.history import HistoryItem, NewHistoryItem, UserCodes, UserSummary
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """Persists users' history items and, per item, its cached PQ codes.
+
+    Every public call is one transaction: it either happens whole or not at all.
+    """
+
+    def setup(self) -> None:
+        """Create or migrate the schema. Idempotent; never called implicitly by a constructor."""
+        ...
+
+    def add_items(
+        self,
+        user_id: str,
+        items: Sequence[NewHistoryItem],
+        codes: Sequence[Sequence[int]] | None = None,
+        codebook_version: str | None = None,
+    ) -> list[HistoryItem]:
+        """Store items (and their codes, if given, made by ``codebook_version``)."""
+        ...
+
+    def get_items(self, user_id: str, limit: int | None = None) -> list[HistoryItem]:
+        """The user's items, newest first."""
+        ...
+
+    def get_codes(self, user_id: str, codebook_version: str, limit: int | None = None) -> UserCodes:
+        """Cached codes of the user's newest ``limit`` items, and those items lacking codes."""
+        ...
+
+    def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> None:
+        """Cache codes for existing items (item id -> codes)."""
+        ...
+
+    def list_users(self) -> list[UserSummary]: ...
+
+    def delete_user(self, user_id: str) -> int:
+        """Remove the user and their items; returns the number of items removed."""
+        ...
+
+
+SoftVectors = npt.NDArray[np.float32]
+"""Soft tokens, shape (n_soft, llm_hidden), in the LLM's input-embedding space."""
+
+
+@dataclass(frozen=True)
+class SoftPrompt:
+    """A chat-templated prompt with soft tokens spliced between two pieces of text.
+
+    ``before`` ends and ``after`` starts where the soft tokens go; ``after`` is never empty
+    (it holds at least the assistant header), so a soft token is never the last position.
+    """
+
+    before: str
+    soft: SoftVectors | None
+    after: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 128
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    no_repeat_ngram_size: int = 4
+    """Block any n-gram of this size from repeating (0 disables); small models loop without it."""
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One piece of streamed output."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: str | None = None
+    """Set on the last chunk: "stop" (end of turn or a stop sequence) or "length"."""
+    usage: Mapping[str, int] = field(default_factory=dict)
+    """Set on the last chunk: input_tokens (text + soft), output_tokens, soft_tokens."""
+
+
+@runtime_checkable
+class SoftPromptBackend(Protocol):
+    """An LLM that accepts input embeddings between text segments."""
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the weights, e.g. "SmolLM2-135M-Instruct"; checkpoints record it."""
+        ...
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def chat_template(self) -> str:
+        """The Jinja2 chat template the model was trained with."""
+        ...
+
+    @property
+    def special_tokens(self) -> Mapping[str, str]:
+        """bos_token and eos_token strings, as the chat template expects them."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
+        """Generate from a fresh context (no KV cache carried over from another request)."""
+        ...

@@ -1,0 +1,193 @@
+"""Hugging Face transformers backend: soft tokens enter through ``inputs_embeds``.
+
+It loads the same GGUF that llama.cpp serves (dequantized to float32), so one CURP
+checkpoint trained through this backend serves both. The dequantized weights are cached
+as safetensors beside the history store, which turns a 30 s load into a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from curp_chain_integrations.llamacpp import SMOLLM2_ID, smollm2_gguf_path
+
+from curp_chain.defaults import curp_home
+from curp_chain.errors import BackendError, ContextLengthError, MissingDependencyError
+from curp_chain.generation import Logits, decode_loop
+from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
+
+logger = logging.getLogger(__name__)
+
+
+def _cache_dir(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return curp_home() / "hf-cache" / key.hexdigest()[:16]
+
+
+def load_gguf_as_hf(gguf_path: Path, *, use_cache: bool = True) -> tuple[Any, Any]:
+    """(model, tokenizer) in float32 from a GGUF file, through a safetensors cache."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise MissingDependencyError(
+            "the transformers backend needs transformers and gguf; run: "
+            "pip install 'curp-chain-integrations[hf]'"
+        ) from None
+    cache = _cache_dir(gguf_path)
+    if use_cache and (cache / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(cache))
+        return model.eval(), tokenizer
+    logger.info("dequantizing %s for transformers (once; cached in %s)", gguf_path, cache)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except ImportError as error:
+        raise MissingDependencyError(f"{error}; run: pip install gguf") from None
+    if use_cache:
+        # save_pretrained refuses a model that still records its GGUF quantization.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(str(cache))
+        tokenizer.save_pretrained(str(cache))
+    return model.eval(), tokenizer
+
+
+def _kv_cache(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+class TransformersBackend:
+    """A causal LM run by transformers on CPU or GPU, accepting soft prompts."""
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        model_id: str | None = None,
+        device: str | None = None,
+        context_length: int | None = None,
+        use_cache: bool = True,
+    ):
+        path = Path(model_path) if model_path is not None else smollm2_gguf_path()
+        if not path.is_file():
+            raise MissingDependencyError(f"GGUF model file not found: {path}")
+        self._model_id = model_id or (SMOLLM2_ID if model_path is None else path.stem)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, tokenizer = load_gguf_as_hf(path, use_cache=use_cache)
+        self.model = model.to(self.device)
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        config = self.model.config
+        self._context_length = context_length or int(config.max_position_embeddings)
+        self._lock = threading.Lock()
+        self._special = {
+            "bos_token": tokenizer.bos_token or "",
+            "eos_token": tokenizer.eos_token or "",
+        }
+        # transformers 5.x renamed the KV-cache argument from past_key_values to cache.
+        parameters = inspect.signature(self.model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self._end_ids = {i for i in (tokenizer.eos_token_id, config.eos_token_id) if i is not None}
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def chat_template(self) -> str:
+        return str(self.tokenizer.chat_template or "")
+
+    @property
+    def special_tokens(self) -> Mapping[str, str]:
+        return self._special
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of already-templated text (special tokens parsed, none added)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def embed_tokens(self, tokens: Sequence[int]) -> torch.Tensor:
+        """(len(tokens), H) input embeddings, exactly as the model's own token path makes them."""
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        return self.model.get_input_embeddings()(ids)[0]
+
+    def prompt_embeddings(
+        self, before: Sequence[int], soft: torch.Tensor | None, after: Sequence[int]
+    ) -> torch.Tensor:
+        """(L, H) embeddings of before + soft + after; gradients flow into ``soft``."""
+        parts = [self.embed_tokens(before)] if before else []
+        if soft is not None and len(soft):
+            parts.append(soft.to(self.device, self.model.dtype))
+        if after:
+            parts.append(self.embed_tokens(after))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
+        before, after = self.tokenize(prompt.before), self.tokenize(prompt.after)
+        soft = None
+        if prompt.soft is not None and len(prompt.soft):
+            if prompt.soft.ndim != 2 or prompt.soft.shape[1] != self.hidden_size:
+                raise BackendError(
+                    f"soft tokens have shape {prompt.soft.shape}; "
+                    f"this model needs (n, {self.hidden_size})"
+                )
+            if not after:
+                raise BackendError("a soft prompt must be followed by text")
+            soft = torch.from_numpy(np.asarray(prompt.soft, dtype=np.float32))
+        n_soft = 0 if soft is None else len(soft)
+        n_input = len(before) + n_soft + len(after)
+        if n_input >= self._context_length:
+            raise ContextLengthError(
+                f"the prompt needs {n_input} tokens ({n_soft} of them soft); the context window "
+                f"is {self._context_length}. Shorten the messages."
+            )
+        with self._lock:
+            embeds = self.prompt_embeddings(before, soft, after)[None]
+            out = self.model(inputs_embeds=embeds, use_cache=True)
+            state = {"cache": _kv_cache(out)}
+
+            def feed(token: int) -> Logits:
+                ids = torch.tensor([[token]], device=self.device)
+                step = self.model(
+                    input_ids=ids, use_cache=True, **{self._cache_argument: state["cache"]}
+                )
+                state["cache"] = _kv_cache(step)
+                return step.logits[0, -1].float().cpu().numpy()
+
+            yield from decode_loop(
+                out.logits[0, -1].float().cpu().numpy(),
+                feed,
+                self.detokenize,
+                lambda token: token in self._end_ids,
+                params,
+                max_new_tokens=min(params.max_tokens, self._context_length - n_input),
+                input_tokens=n_input,
+                soft_tokens=n_soft,
+            )

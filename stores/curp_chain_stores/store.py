@@ -1,0 +1,324 @@
+"""`SQLHistoryStore`: the `curp_chain.protocols.HistoryStore` on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self, TypeVarTuple
+
+from sqlalchemy import Engine, Select, and_, delete, func, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from curp_chain.errors import InvalidHistoryItemError, StoreError
+from curp_chain.history import HistoryItem, ItemCodes, NewHistoryItem, UserCodes, UserSummary
+from curp_chain_stores import validation
+from curp_chain_stores.engine import WRITE_OPTION, make_engine
+from curp_chain_stores.migrations import SCHEMA_VERSION, migrate, too_new_message
+from curp_chain_stores.models import (
+    HistoryItemRow,
+    ItemCodesRow,
+    SchemaVersionRow,
+    UserRow,
+    as_utc,
+    pack_codes,
+    unpack_codes,
+)
+
+Row = TypeVarTuple("Row")
+"""The column types of a select, kept through `_newest`."""
+
+_CHUNK = 500
+"""Ids per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits."""
+
+
+class SQLHistoryStore:
+    """Users' history items and their cached PQ codes, in SQLite or PostgreSQL.
+
+    Setup:
+        pip install curp-chain-stores            # SQLite
+        pip install 'curp-chain-stores[postgres]'
+
+    Instantiate (no connection is made and no table created until used):
+        store = SQLHistoryStore(default_sqlite_url())
+        store = SQLHistoryStore("postgresql+psycopg://user@localhost/app")
+        store.setup()   # once per database, at deploy time; safe to repeat
+
+    Use:
+        store.add_items("ana", ["first post", NewHistoryItem("a mail", kind="email")])
+        store.get_items("ana", limit=50)         # newest first
+
+    Every public method is one transaction: it happens whole or not at all. Errors from
+    the database are raised as `StoreError`, naming the URL without its password.
+    ``sqlite://`` is an in-memory database on one shared connection: for tests and single
+    threads only. A SQLite `Engine` passed in should be fresh, so that every connection it
+    opens gets foreign keys turned on.
+    """
+
+    def __init__(self, url_or_engine: str | Engine, *, echo: bool = False) -> None:
+        """Build the engine only; ``echo`` logs SQL and applies to an engine built from a URL."""
+        self._engine, self._owns_engine = make_engine(url_or_engine, echo=echo)
+        self._url = self._engine.url.render_as_string(hide_password=True)
+        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+        self._schema_checked = False
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for inspection or for sharing an in-memory database."""
+        return self._engine
+
+    def __repr__(self) -> str:
+        return f"SQLHistoryStore({self._url!r})"
+
+    def setup(self) -> None:
+        """Create the tables or migrate them to the current schema version. Idempotent."""
+        try:
+            with self._engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+                migrate(connection)
+        except SQLAlchemyError as exc:
+            raise self._error("setup", exc) from exc
+        self._schema_checked = True
+
+    def add_items(
+        self,
+        user_id: str,
+        items: Sequence[NewHistoryItem | str],
+        codes: Sequence[Sequence[int]] | None = None,
+        codebook_version: str | None = None,
+    ) -> list[HistoryItem]:
+        """Store a batch of items (and their codes) for a user, creating the user if new.
+
+        Everything is checked before the database is touched; a batch is stored whole or
+        not at all. A plain string is an item of kind "text". Items without ``created_at``
+        get the time of this call; a naive ``created_at`` is taken to be UTC.
+        """
+        user_id = validation.check_user_id(user_id)
+        batch = validation.check_items(items)
+        batch_codes, version = validation.check_batch_codes(len(batch), codes, codebook_version)
+        now = datetime.now(UTC)
+        rows = [
+            HistoryItemRow(
+                user_id=user_id,
+                text=item.text,
+                kind=item.kind,
+                created_at=now if item.created_at is None else as_utc(item.created_at),
+                item_metadata=dict(item.metadata),
+            )
+            for item in batch
+        ]
+        with self._transaction("add_items", write=True) as session:
+            self._ensure_user(session, user_id, now)
+            session.add_all(rows)
+            session.flush()
+            if batch_codes is not None and version is not None:
+                session.add_all(
+                    ItemCodesRow(item_id=row.id, codebook_version=version, codes=pack_codes(c))
+                    for row, c in zip(rows, batch_codes, strict=True)
+                )
+            return [_item(row) for row in rows]
+
+    def get_items(self, user_id: str, limit: int | None = None) -> list[HistoryItem]:
+        """The user's items, newest first (an unknown user has none)."""
+        user_id = validation.check_user_id(user_id)
+        limit = validation.check_limit(limit)
+        query = _newest(select(HistoryItemRow), user_id, limit)
+        with self._transaction("get_items") as session:
+            return [_item(row) for row in session.scalars(query)]
+
+    def get_codes(self, user_id: str, codebook_version: str, limit: int | None = None) -> UserCodes:
+        """Of the newest ``limit`` items: cached codes for ``codebook_version``, and the rest."""
+        user_id = validation.check_user_id(user_id)
+        version = validation.check_codebook_version(codebook_version)
+        limit = validation.check_limit(limit)
+        joined = select(HistoryItemRow, ItemCodesRow.codes).outerjoin(
+            ItemCodesRow,
+            and_(
+                ItemCodesRow.item_id == HistoryItemRow.id,
+                ItemCodesRow.codebook_version == version,
+            ),
+        )
+        encoded: list[ItemCodes] = []
+        stale: list[HistoryItem] = []
+        with self._transaction("get_codes") as session:
+            for row, blob in session.execute(_newest(joined, user_id, limit)):
+                if blob is None:
+                    stale.append(_item(row))
+                else:
+                    encoded.append(ItemCodes(row.id, unpack_codes(blob)))
+        return UserCodes(encoded=encoded, stale=stale)
+
+    def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> None:
+        """Cache codes for existing items, replacing any for the same codebook version.
+
+        Raises `StoreError` (and saves nothing) if an item id does not exist, e.g. because
+        its user was deleted meanwhile.
+        """
+        version = validation.check_codebook_version(codebook_version)
+        for item_id in codes:
+            if not isinstance(item_id, int) or isinstance(item_id, bool):
+                raise InvalidHistoryItemError(f"item ids must be ints, got {item_id!r}")
+        checked = validation.check_codes(codes.items())
+        if not checked:
+            return
+        ids = sorted(checked)
+        with self._transaction("save_codes", write=True) as session:
+            found: set[int] = set()
+            for chunk in _chunks(ids):
+                # Delete, then insert: an upsert that reads the same on every dialect. Locking
+                # the items first (in id order, so two calls cannot deadlock) makes concurrent
+                # save_codes of one item take turns, and a concurrent delete_user wait.
+                found.update(
+                    session.scalars(
+                        select(HistoryItemRow.id)
+                        .where(HistoryItemRow.id.in_(chunk))
+                        .order_by(HistoryItemRow.id)
+                        .with_for_update()
+                    )
+                )
+                session.execute(
+                    delete(ItemCodesRow).where(
+                        ItemCodesRow.codebook_version == version, ItemCodesRow.item_id.in_(chunk)
+                    )
+                )
+            missing = [item_id for item_id in ids if item_id not in found]
+            if missing:
+                raise StoreError(
+                    f"save_codes: no history items with ids {missing[:10]} in {self._url}; "
+                    "nothing saved"
+                )
+            session.add_all(
+                ItemCodesRow(item_id=item_id, codebook_version=version, codes=pack_codes(c))
+                for item_id, c in checked.items()
+            )
+
+    def list_users(self) -> list[UserSummary]:
+        """Every user with their number of items and newest item time, by user id."""
+        query = (
+            select(UserRow.id, func.count(HistoryItemRow.id), func.max(HistoryItemRow.created_at))
+            .outerjoin(HistoryItemRow, HistoryItemRow.user_id == UserRow.id)
+            .group_by(UserRow.id)
+            .order_by(UserRow.id)
+        )
+        with self._transaction("list_users") as session:
+            return [
+                UserSummary(user_id, n_items, None if last is None else as_utc(last))
+                for user_id, n_items, last in session.execute(query)
+            ]
+
+    def delete_user(self, user_id: str) -> int:
+        """Remove the user, their items and codes; returns the number of items removed."""
+        user_id = validation.check_user_id(user_id)
+        with self._transaction("delete_user", write=True) as session:
+            # Locking the user row holds off concurrent add_items (their foreign-key check
+            # waits for it), so the count is exactly what the cascade removes.
+            locked = select(UserRow.id).where(UserRow.id == user_id).with_for_update()
+            if session.scalar(locked) is None:
+                return 0
+            removed = session.scalar(_count(user_id)) or 0
+            # Items and codes go by ON DELETE CASCADE, in the same statement.
+            session.execute(delete(UserRow).where(UserRow.id == user_id))
+            return removed
+
+    def count_items(self, user_id: str) -> int:
+        user_id = validation.check_user_id(user_id)
+        with self._transaction("count_items") as session:
+            return session.scalar(_count(user_id)) or 0
+
+    def close(self) -> None:
+        """Close pooled connections; an engine passed in by the caller is left to them."""
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, action: str, *, write: bool = False) -> Iterator[Session]:
+        """One session and transaction: committed on success, rolled back on any error."""
+        factory = self._write if write else self._read
+        try:
+            with factory.begin() as session:
+                self._check_schema(session)
+                yield session
+        except SQLAlchemyError as exc:
+            raise self._error(action, exc) from exc
+
+    def _check_schema(self, session: Session) -> None:
+        """Once per store: tables exist at this version, else say what to do."""
+        if self._schema_checked:
+            return
+        connection = session.connection()
+        found = None
+        if inspect(connection).has_table(SchemaVersionRow.__tablename__):
+            found = session.scalar(select(SchemaVersionRow.version))
+        if found is None:
+            raise StoreError(f"no history tables in {self._url}: call store.setup() first")
+        if found > SCHEMA_VERSION:
+            raise StoreError(too_new_message(found))
+        if found < SCHEMA_VERSION:
+            raise StoreError(
+                f"the history tables in {self._url} are at schema version {found}, this "
+                f"code needs {SCHEMA_VERSION}: call store.setup() to migrate them"
+            )
+        self._schema_checked = True
+
+    def _ensure_user(self, session: Session, user_id: str, now: datetime) -> None:
+        """Insert the user row unless it exists, without racing a concurrent insert."""
+        dialect = session.get_bind().dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            make_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+            session.execute(
+                make_insert(UserRow)
+                .values(id=user_id, created_at=now)
+                .on_conflict_do_nothing(index_elements=[UserRow.id])
+            )
+        elif session.get(UserRow, user_id) is None:
+            session.add(UserRow(id=user_id, created_at=now))
+
+    def _error(self, action: str, exc: SQLAlchemyError) -> StoreError:
+        """A StoreError naming the call, the URL (no password) and the driver's first line."""
+        reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
+        summary = reason.splitlines()[0] if reason else type(exc).__name__
+        return StoreError(f"{action} failed on {self._url}: {summary}")
+
+
+def _newest(query: Select[*Row], user_id: str, limit: int | None) -> Select[*Row]:
+    """Restrict a select over items to one user, newest first, at most ``limit`` rows."""
+    query = query.where(HistoryItemRow.user_id == user_id).order_by(
+        HistoryItemRow.created_at.desc(), HistoryItemRow.id.desc()
+    )
+    return query if limit is None else query.limit(limit)
+
+
+def _count(user_id: str) -> Select[int]:
+    return select(func.count(HistoryItemRow.id)).where(HistoryItemRow.user_id == user_id)
+
+
+def _item(row: HistoryItemRow) -> HistoryItem:
+    return HistoryItem(
+        id=row.id,
+        user_id=row.user_id,
+        text=row.text,
+        kind=row.kind,
+        created_at=as_utc(row.created_at),
+        metadata=row.item_metadata,
+    )
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]

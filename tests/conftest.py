@@ -1,0 +1,55 @@
+"""Shared fixtures: the real bundled models, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests never touch a user's real data directory or a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def curp_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("curp-home")
+    previous = os.environ.get("CURP_HOME")
+    os.environ["CURP_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("CURP_HOME", None)
+    else:
+        os.environ["CURP_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def llama_backend():  # type: ignore[no-untyped-def]
+    from curp_chain_integrations.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(n_ctx=2048)
+
+
+@pytest.fixture(scope="session")
+def hf_backend():  # type: ignore[no-untyped-def]
+    from curp_chain_integrations.hf import TransformersBackend
+
+    return TransformersBackend()
+
+
+@pytest.fixture(scope="session")
+def encoder():  # type: ignore[no-untyped-def]
+    from curp_chain.encoder import SentenceEncoder
+
+    return SentenceEncoder()
+
+
+@pytest.fixture
+def memory_store():  # type: ignore[no-untyped-def]
+    from curp_chain_stores import SQLHistoryStore
+
+    store = SQLHistoryStore("sqlite://")
+    store.setup()
+    yield store
+    store.close()

@@ -1,0 +1,157 @@
+"""CurpChatModel end to end: real SQLite, the bundled encoder and checkpoint, llama.cpp."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from curp_chain import CurpChatModel
+from curp_chain.checkpoint import save_checkpoint
+from curp_chain.config import CurpConfig
+from curp_chain.errors import (
+    ContextLengthError,
+    IncompatibleCheckpointError,
+    InvalidHistoryItemError,
+    InvalidUserIdError,
+)
+from curp_chain.training.initialize import initial_model
+
+RUNNER = [
+    "Sunrise trail run: 18 km and 900 m of climbing.",
+    "Marathon week 12, long run 32 km.",
+    "New carbon race shoes for hill repeats.",
+    "Cold lake swim after a mountain ultra.",
+]
+READER = [
+    "Finished a 1,200-piece castle puzzle.",
+    "Rainy Sunday with tea and a fantasy novel.",
+    "Sourdough crumb improving, crust still pale.",
+    "Board game night: won Catan twice.",
+]
+QUESTION = "Suggest a plan for my Saturday."
+
+
+@pytest.fixture
+def model(llama_backend, memory_store) -> CurpChatModel:  # type: ignore[no-untyped-def]
+    model = CurpChatModel(backend=llama_backend, store=memory_store, max_tokens=24)
+    model.add_history("runner", RUNNER)
+    model.add_history("reader", READER)
+    return model
+
+
+def test_two_users_get_different_soft_prompts_and_replies(model: CurpChatModel) -> None:
+    personalizer = model.get_personalizer()
+    runner = personalizer.personalize("runner", QUESTION)
+    reader = personalizer.personalize("reader", QUESTION)
+    assert runner.soft is not None and reader.soft is not None
+    assert runner.soft.shape == reader.soft.shape == (5, 576)
+    assert abs(runner.soft - reader.soft).max() > 1e-3
+    replies = {u: model.invoke(QUESTION, user_id=u) for u in ("runner", "reader")}
+    assert replies["runner"].content != replies["reader"].content
+    curp = replies["runner"].response_metadata["curp"]
+    assert curp["personalized"] is True and curp["history_items"] == 4
+    assert curp["soft_tokens"] == 5
+    assert curp["prototypes"] and all(0 <= p["prototype"] < 64 for p in curp["prototypes"])
+
+
+def test_a_user_sees_only_their_own_history(model: CurpChatModel) -> None:
+    soft_before = model.get_personalizer().personalize("runner", QUESTION).soft
+    model.add_history("reader", ["Knitting a scarf for my niece."])
+    soft_after = model.get_personalizer().personalize("runner", QUESTION).soft
+    assert soft_before is not None and soft_after is not None
+    assert (soft_before == soft_after).all()
+    assert [i.text for i in model.history("runner")] == RUNNER[::-1]  # newest first
+
+
+def test_unknown_user_and_no_user_get_a_flagged_plain_reply(model: CurpChatModel) -> None:
+    for kwargs, reason in (({"user_id": "nobody"}, "no history"), ({}, "no user_id")):
+        result = model.invoke(QUESTION, **kwargs)
+        curp = result.response_metadata["curp"]
+        assert curp["personalized"] is False and reason in curp["reason"]
+        assert curp["soft_tokens"] == 0
+        assert result.content
+
+
+def test_usage_metadata_and_model_name(model: CurpChatModel) -> None:
+    result = model.invoke([SystemMessage("Be brief."), HumanMessage(QUESTION)], user_id="runner")
+    usage = result.usage_metadata
+    assert usage is not None
+    assert usage["input_tokens"] > 5 and 0 < usage["output_tokens"] <= 24
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert result.response_metadata["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert result.response_metadata["finish_reason"] in ("stop", "length")
+
+
+def test_stream_matches_invoke_and_bind_chooses_the_user(model: CurpChatModel) -> None:
+    bound = model.bind(user_id="reader")
+    invoked = bound.invoke(QUESTION)
+    chunks = list(bound.stream(QUESTION))
+    assert len(chunks) > 1
+    assert "".join(str(c.content) for c in chunks) == invoked.content
+    assert chunks[-1].response_metadata["curp"]["user_id"] == "reader"
+
+
+def test_batch_keeps_each_users_reply_apart(model: CurpChatModel) -> None:
+    singles = [model.invoke(QUESTION, user_id=u).content for u in ("runner", "reader")]
+    batched = model.batch([QUESTION, QUESTION], user_id="runner")
+    assert [m.content for m in batched] == [singles[0], singles[0]]
+
+
+async def test_async_invoke_and_stream(model: CurpChatModel) -> None:
+    result = await model.ainvoke(QUESTION, user_id="runner")
+    pieces = [str(c.content) async for c in model.astream(QUESTION, user_id="runner")]
+    assert "".join(pieces) == result.content
+    assert result.response_metadata["curp"]["personalized"] is True
+
+
+def test_stop_and_max_tokens_per_call(model: CurpChatModel) -> None:
+    full = model.invoke(QUESTION, user_id="runner", max_tokens=30).content
+    assert isinstance(full, str) and len(full.split()) > 3
+    word = full.split()[2]
+    cut = model.invoke(QUESTION, user_id="runner", max_tokens=30, stop=[word])
+    assert word not in cut.content and full.startswith(str(cut.content))
+    short = model.invoke(QUESTION, user_id="runner", max_tokens=3)
+    assert short.usage_metadata is not None and short.usage_metadata["output_tokens"] <= 3
+
+
+def test_bad_history_is_rejected_and_nothing_is_lost(model: CurpChatModel) -> None:
+    before = [i.text for i in model.history("runner")]
+    for bad in (["ok", "   "], [""], ["fine", "x" * 1_000_000]):
+        with pytest.raises(InvalidHistoryItemError):
+            model.add_history("runner", bad)
+    with pytest.raises(InvalidHistoryItemError, match="20,000"):
+        model.add_history("runner", ["y" * 1_000_000])
+    assert [i.text for i in model.history("runner")] == before
+    stored = model.add_history("runner", ["z" * 1_000_000], truncate=True)
+    assert len(stored[0].text) == 20_000
+    with pytest.raises(InvalidUserIdError):
+        model.add_history("  ", ["hello"])
+
+
+def test_a_prompt_longer_than_the_context_gets_a_clear_error(model: CurpChatModel) -> None:
+    with pytest.raises(ContextLengthError, match="context window is 2048"):
+        model.invoke("word " * 3000, user_id="runner")
+    assert model.invoke(QUESTION, user_id="runner").content  # still serving
+
+
+def test_a_checkpoint_for_another_llm_is_refused(llama_backend, memory_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = CurpConfig(llm_id="Qwen/Qwen2.5-0.5B-Instruct", llm_hidden_size=896)
+    save_checkpoint(initial_model(config), tmp_path / "qwen")
+    model = CurpChatModel(
+        backend=llama_backend, store=memory_store, checkpoint=str(tmp_path / "qwen")
+    )
+    with pytest.raises(IncompatibleCheckpointError, match="896"):
+        model.invoke("hi", user_id="runner")
+
+
+def test_conversation_history_in_messages_reaches_the_prompt(model: CurpChatModel) -> None:
+    messages = [
+        HumanMessage("My name is Ada."),
+        AIMessage("Nice to meet you, Ada!"),
+        HumanMessage("What is my name?"),
+    ]
+    result = model.invoke(messages, user_id="runner", max_tokens=16)
+    assert result.usage_metadata is not None
+    single = model.invoke("What is my name?", user_id="runner", max_tokens=16)
+    assert single.usage_metadata is not None
+    assert result.usage_metadata["input_tokens"] > single.usage_metadata["input_tokens"]

@@ -1,0 +1,80 @@
+"""The shared prompt builder and the backend-neutral decoding helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from curp_chain.errors import CurpError
+from curp_chain.generation import banned_by_ngrams, find_stop
+from curp_chain.prompt import SOFT_MARKER, ChatTurn, build_soft_prompt, render_chat
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL = {"bos_token": "", "eos_token": "<|im_end|>"}
+SOFT = np.zeros((3, 4), np.float32)
+
+
+def test_soft_tokens_go_before_the_last_user_message() -> None:
+    turns = [
+        ChatTurn("system", "Be brief."),
+        ChatTurn("user", "first"),
+        ChatTurn("assistant", "ok"),
+        ChatTurn("user", "second"),
+    ]
+    prompt = build_soft_prompt(CHATML, turns, SOFT, SPECIAL)
+    assert prompt.before.endswith("<|im_start|>user\n")
+    assert "first" in prompt.before and "second" not in prompt.before
+    assert prompt.after == "\nsecond<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt.before + prompt.after == render_chat(
+        CHATML, [*turns[:3], ChatTurn("user", "\nsecond")], SPECIAL
+    )
+
+
+def test_without_soft_tokens_the_prompt_is_the_plain_template() -> None:
+    turns = [ChatTurn("user", "hi")]
+    prompt = build_soft_prompt(CHATML, turns, None, SPECIAL)
+    assert prompt.soft is None and prompt.after == ""
+    assert prompt.before == render_chat(CHATML, turns, SPECIAL)
+
+
+def test_a_soft_prompt_needs_a_user_message() -> None:
+    with pytest.raises(CurpError, match="user"):
+        build_soft_prompt(CHATML, [ChatTurn("system", "x")], SOFT, SPECIAL)
+
+
+@given(st.text(max_size=200))
+def test_user_text_can_never_move_the_soft_tokens(text: str) -> None:
+    prompt = build_soft_prompt(
+        CHATML, [ChatTurn("user", SOFT_MARKER + text + SOFT_MARKER)], SOFT, SPECIAL
+    )
+    assert SOFT_MARKER not in prompt.before + prompt.after
+    assert prompt.after.endswith("<|im_start|>assistant\n")  # soft tokens never come last
+    assert prompt.before.endswith("<|im_start|>user\n")
+
+
+def test_ngram_blocking_bans_only_repeats_of_generated_ngrams() -> None:
+    assert banned_by_ngrams([1, 2, 3, 1, 2], 3) == {3}
+    assert banned_by_ngrams([1, 2, 3, 4], 3) == set()
+    assert banned_by_ngrams([5, 5, 5], 2) == {5}
+    assert banned_by_ngrams([1, 2], 0) == set()
+
+
+@given(
+    st.text(alphabet="abc", max_size=30),
+    st.lists(st.text(alphabet="abc", min_size=1, max_size=4), max_size=3),
+)
+def test_find_stop_finds_the_earliest_stop_and_holds_partial_ones(
+    text: str, stops: list[str]
+) -> None:
+    at, hold = find_stop(text, stops)
+    present = [text.find(s) for s in stops if s in text]
+    assert at == (min(present) if present else -1)
+    assert 0 <= hold < max((len(s) for s in stops), default=1)
+    if hold:
+        assert any(text.endswith(s[:hold]) for s in stops)
