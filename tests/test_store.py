@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from curp_chain_stores import SQLHistoryStore, default_sqlite_url
-from curp_chain_stores.migrations import SCHEMA_VERSION
-from curp_chain_stores.models import Base
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, event, func, inspect, make_url, select, text, update
@@ -29,6 +26,9 @@ from sqlalchemy.schema import CreateSchema, DropSchema
 from curp_chain.errors import InvalidHistoryItemError, InvalidUserIdError, StoreError
 from curp_chain.history import MAX_ITEM_CHARS, HistoryItem, ItemCodes, NewHistoryItem
 from curp_chain.protocols import HistoryStore
+from curp_chain_stores import SQLHistoryStore, default_sqlite_url
+from curp_chain_stores.migrations import SCHEMA_VERSION
+from curp_chain_stores.models import Base
 
 POSTGRES_URL = os.environ.get(
     "CURP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

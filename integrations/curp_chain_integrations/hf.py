@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from curp_chain_integrations.llamacpp import SMOLLM2_ID, smollm2_gguf_path
 
 from curp_chain.defaults import curp_home
 from curp_chain.errors import BackendError, ContextLengthError, MissingDependencyError
 from curp_chain.generation import Logits, decode_loop
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
+from curp_chain_integrations.llamacpp import SMOLLM2_ID, smollm2_gguf_path
 
 logger = logging.getLogger(__name__)
 
