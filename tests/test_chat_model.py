@@ -33,7 +33,7 @@ QUESTION = "Suggest a plan for my Saturday."
 
 @pytest.fixture
 def model(llama_backend, memory_store) -> CurpChatModel:  # type: ignore[no-untyped-def]
-    model = CurpChatModel(backend=llama_backend, store=memory_store, max_tokens=24)
+    model = CurpChatModel(backend=llama_backend, history_store=memory_store, max_tokens=24)
     model.add_history("runner", RUNNER)
     model.add_history("reader", READER)
     return model
@@ -138,7 +138,7 @@ def test_a_checkpoint_for_another_llm_is_refused(llama_backend, memory_store, tm
     config = CurpConfig(llm_id="Qwen/Qwen2.5-0.5B-Instruct", llm_hidden_size=896)
     save_checkpoint(initial_model(config), tmp_path / "qwen")
     model = CurpChatModel(
-        backend=llama_backend, store=memory_store, checkpoint=str(tmp_path / "qwen")
+        backend=llama_backend, history_store=memory_store, checkpoint=str(tmp_path / "qwen")
     )
     with pytest.raises(IncompatibleCheckpointError, match="896"):
         model.invoke("hi", user_id="runner")
@@ -155,3 +155,15 @@ def test_conversation_history_in_messages_reaches_the_prompt(model: CurpChatMode
     single = model.invoke("What is my name?", user_id="runner", max_tokens=16)
     assert single.usage_metadata is not None
     assert result.usage_metadata["input_tokens"] > single.usage_metadata["input_tokens"]
+
+
+def test_items_added_through_the_store_are_encoded_on_first_use(model: CurpChatModel) -> None:
+    from curp_chain.history import NewHistoryItem
+
+    model.store.add_items("carol", [NewHistoryItem("Gardening all weekend, tomatoes first.")])
+    personalizer = model.get_personalizer()
+    assert personalizer.store.get_codes("carol", personalizer.codebook_version).stale
+    result = model.invoke(QUESTION, user_id="carol", max_tokens=4)
+    assert result.response_metadata["curp"]["personalized"] is True
+    cached = personalizer.store.get_codes("carol", personalizer.codebook_version)
+    assert not cached.stale and len(cached.encoded) == 1
