@@ -12,6 +12,7 @@ import ctypes
 import importlib.util
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,11 @@ class LlamaCppBackend:
         self._n_embd = int(self._llama.n_embd())
         self._token_batch = _NativeBatch(self._lib, n_batch, 0)
         self._embd_batch = _NativeBatch(self._lib, n_batch, self._n_embd)
+        # Free native memory in a known order (batches, then context and model), also at
+        # interpreter exit, before llama_cpp's module globals are torn down.
+        self._finalizer = weakref.finalize(
+            self, _release, self._token_batch, self._embd_batch, self._llama
+        )
         metadata = self._llama.metadata
         self._template = metadata.get("tokenizer.chat_template", "")
         self._special = {
@@ -253,6 +259,10 @@ class LlamaCppBackend:
     def close(self) -> None:
         """Free the native batches and the model; the backend is unusable afterwards."""
         with self._lock:
-            self._token_batch.close()
-            self._embd_batch.close()
-            self._llama.close()
+            self._finalizer()
+
+
+def _release(token_batch: _NativeBatch, embd_batch: _NativeBatch, llama: Any) -> None:
+    token_batch.close()
+    embd_batch.close()
+    llama.close()
