@@ -60,7 +60,10 @@ class SentenceEncoder:
             if self._model is not None:
                 return
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
 
+            # A 22M-parameter model loads in well under a second: its progress bar is noise.
+            transformers_logging.disable_progress_bar()
             path = self.path or default_encoder_path()
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             self._tokenizer = AutoTokenizer.from_pretrained(str(path))
