@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--user", required=True)
     history.add_argument("--limit", type=int, default=None)
     history.set_defaults(func=cmd_history)
+
+    from curp_chain.eval.cli import register as register_eval
+
+    register_eval(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from curp_chain.encoder import SentenceEncoder
+from curp_chain.errors import CurpError
 from curp_chain.history import (
     HistoryItem,
     ItemCodes,
@@ -53,11 +54,22 @@ def top_prototypes(codes: Sequence[Sequence[int]], limit: int = 8) -> list[dict[
 class Personalizer:
     """Encodes history at write time and turns a user's cached codes into soft tokens."""
 
-    def __init__(self, user_model: CurpUserModel, encoder: SentenceEncoder, store: HistoryStore):
+    def __init__(
+        self,
+        user_model: CurpUserModel,
+        encoder: SentenceEncoder,
+        store: HistoryStore | None = None,
+    ):
         self.user_model = user_model.eval()
         self.encoder = encoder
-        self.store = store
+        self._store = store
         self.codebook_version = user_model.quantizer.version(user_model.config.encoder_id)
+
+    @property
+    def store(self) -> HistoryStore:
+        if self._store is None:
+            raise CurpError("this Personalizer has no history store; pass one to store histories")
+        return self._store
 
     @torch.no_grad()
     def encode_codes(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""Summaries of an evaluation: results.json, a markdown table and a quality/cost plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any
+
+from curp_chain.errors import MissingDependencyError
+from curp_chain.eval.harness import Record
+from curp_chain.eval.metrics import EVAL_INSTALL
+
+Summary = dict[str, Any]
+"""{"rouge1", "rougeL", "gold_nll", "prompt_tokens", "ttft_ms", "tokens_per_s", "n"}."""
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return fmean(present) if present else None
+
+
+def _half_width(values: Sequence[float]) -> float:
+    """Half-width of a normal 95% confidence interval of the mean."""
+    return 1.96 * stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def summarize(records: Sequence[Record]) -> Summary:
+    """One method's results, in the shape of results.json.
+
+    Means over users. ``gold_nll`` is None when no reply was scored (copy, or the run
+    skipped it); cost fields are 0 for copy, which runs no model.
+    """
+    return {
+        "rouge1": _mean([r.rouge1 for r in records]) or 0.0,
+        "rougeL": _mean([r.rougeL for r in records]) or 0.0,
+        "gold_nll": _mean([r.gold_nll for r in records]),
+        "prompt_tokens": _mean([float(r.prompt_tokens) for r in records]) or 0.0,
+        "ttft_ms": _mean([r.ttft_ms for r in records]) or 0.0,
+        "tokens_per_s": _mean([r.tokens_per_s for r in records]) or 0.0,
+        "n": len(records),
+    }
+
+
+def results_json(records: Mapping[str, Sequence[Record]]) -> dict[str, Summary]:
+    return {method: summarize(rows) for method, rows in records.items()}
+
+
+def write_results(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
+    out = Path(path)
+    if out.parent != Path():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results_json(records), indent=2) + "\n")
+    return out
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(records: Mapping[str, Sequence[Record]]) -> str:
+    """Quality and cost per method; ± is the 95% confidence half-width over users."""
+    header = (
+        "| method | n | ROUGE-1 | ROUGE-L | gold NLL | prompt tokens | user tokens "
+        "| TTFT ms | tokens/s | exact copies | peak RSS MiB |"
+    )
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for method, rows in records.items():
+        s = summarize(rows)
+        model_free = all(r.prompt_tokens == 0 for r in rows)
+        r1 = [r.rouge1 for r in rows]
+        rl = [r.rougeL for r in rows]
+        cells = [
+            method,
+            str(s["n"]),
+            f"{s['rouge1']:.3f} ± {_half_width(r1):.3f}",
+            f"{s['rougeL']:.3f} ± {_half_width(rl):.3f}",
+            _number(s["gold_nll"], 3),
+            "–" if model_free else f"{s['prompt_tokens']:.1f}",
+            "–" if model_free else f"{_mean([float(r.user_tokens) for r in rows]) or 0.0:.1f}",
+            "–" if model_free else f"{s['ttft_ms']:.0f}",
+            "–" if model_free else f"{s['tokens_per_s']:.1f}",
+            f"{sum(r.exact_copy for r in rows)}/{len(rows)}",
+            "–" if model_free else f"{max(r.peak_rss_mb for r in rows):.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
+    """ROUGE-1 and ROUGE-L against prompt tokens, one point per method; copy (no prompt)
+    as a dashed floor."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError(f"--plot needs matplotlib; run: {EVAL_INSTALL}") from None
+    summaries = results_json(records)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    for axis, metric, label in zip(axes, ("rouge1", "rougeL"), ("ROUGE-1", "ROUGE-L"), strict=True):
+        for method, s in summaries.items():
+            if s["prompt_tokens"] == 0:
+                axis.axhline(s[metric], linestyle="--", color="grey", linewidth=1)
+                axis.annotate(
+                    method,
+                    (0, s[metric]),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                    color="grey",
+                )
+                continue
+            axis.scatter(s["prompt_tokens"], s[metric], s=36)
+            axis.annotate(
+                method, (s["prompt_tokens"], s[metric]), xytext=(4, 4), textcoords="offset points"
+            )
+        axis.set_xlabel("prompt tokens per request (text + soft)")
+        axis.set_ylabel(f"{label} F1")
+        axis.grid(alpha=0.3)
+    n = max((s["n"] for s in summaries.values()), default=0)
+    figure.suptitle(f"LaMP-7: quality against prompt size ({n} users)")
+    out = Path(path)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    return out
