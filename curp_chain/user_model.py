@@ -10,7 +10,14 @@ from curp_chain.config import CurpConfig
 
 
 class CrossAttentionPool(nn.Module):
-    """Learned or given queries attend over the user's items (masked), then a residual MLP."""
+    """Queries attend over the user's items (masked); the output is the normalised readout.
+
+    There is deliberately no residual path from the query to the output: every soft token
+    is made of the user's items, so it can only carry what their history holds. (With a
+    residual, the query-aware token carried the query itself, and training learned an
+    input-conditioned prompt that ignored the history: own and another user's history
+    then scored the same.)
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -25,7 +32,7 @@ class CrossAttentionPool(nn.Module):
         pooled, weights = self.attention(
             queries, items, items, key_padding_mask=~item_mask, need_weights=True
         )
-        return self.norm(queries + pooled), weights
+        return self.norm(pooled), weights
 
 
 class Projector(nn.Module):
