@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(func=cmd_history)
 
     from curp_chain.eval.cli import register as register_eval
+    from curp_chain.training.cli import register as register_train
 
+    register_train(sub)
     register_eval(sub)
     return parser
 

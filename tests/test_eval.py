@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from curp_chain import tasks
 from curp_chain.errors import CheckpointError, CurpError
-from curp_chain.eval import methods
 from curp_chain.eval.cli import register
 from curp_chain.eval.harness import EvalConfig, ResultCache, run_eval
 from curp_chain.eval.lamp import LAMP7_INSTRUCTION, LampDataError, load_lamp, source_text
@@ -280,8 +280,8 @@ def test_end_to_end_results_plot_and_resume(
     # Another generation setting is another cache entry.
     assert run_eval(_config(tmp_path, "none", max_tokens=6), progress=False).generated == 2
     # So is another prompt: results are keyed by the exact prompt they were made from.
-    monkeypatch.setattr(methods, "TEXT_SYSTEM", "Rewrite the tweet.")
-    assert run_eval(_config(tmp_path, "copy,none,curp"), progress=False).generated == 2
+    monkeypatch.setattr(tasks, "PARAPHRASE_SYSTEM", "Rewrite the tweet.")
+    assert run_eval(_config(tmp_path, "copy,none,curp"), progress=False).generated == 4
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ from curp_chain.personalizer import Personalizer
 from curp_chain.prompt import ChatTurn, build_soft_prompt
 from curp_chain.protocols import SoftPrompt, SoftPromptBackend, SoftVectors
 from curp_chain.task_prompt import TaskPrompt, load_task_prompt
+from curp_chain.tasks import paraphrase_turns
 from curp_chain.user_model import CurpUserModel
 
 logger = logging.getLogger(__name__)
@@ -49,12 +50,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASK_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-task"
 """Where the trained task-only soft prompt for SmolLM2-135M-Instruct is bundled."""
 
-TEXT_SYSTEM = (
-    "You paraphrase tweets. Reply with the paraphrased tweet only, nothing before or after it."
-)
-"""System message of the text-prompt methods (none, rag, profile). On the first 30 LaMP-7 users
-it lifted ROUGE-1 of none from 0.355 to 0.405 and of rag from 0.367 to 0.391 (docs/experiments.md).
-The soft-prompt methods keep the request exactly as they were trained with it."""
 
 HISTORY_HEADER = "Earlier tweets written by this user:"
 HISTORY_FOOTER = "Write the paraphrase in the same style as this user's tweets."
@@ -206,19 +201,18 @@ class Resources:
 
 
 def request_turns(example: LampExample) -> list[ChatTurn]:
-    """The request as the soft-prompt methods were trained with it: the LaMP input as the one
-    user turn (SmolLM2's template then adds its default system message)."""
-    return [ChatTurn("user", example.input)]
+    """The request as the soft-prompt methods were trained with it."""
+    return paraphrase_turns(example.input)
 
 
 def text_turns(example: LampExample, history: Sequence[str] = ()) -> list[ChatTurn]:
-    """The request of the text-prompt methods: TEXT_SYSTEM, then the history items as a
-    list (when any), then the LaMP input."""
+    """The request of the text-prompt methods: the shared request, with the history items
+    listed before the LaMP input when there are any."""
     content = example.input
     if history:
         items = "\n".join("- " + " ".join(text.split()) for text in history)
         content = f"{HISTORY_HEADER}\n{items}\n\n{HISTORY_FOOTER}\n{example.input}"
-    return [ChatTurn("system", TEXT_SYSTEM), ChatTurn("user", content)]
+    return paraphrase_turns(content)
 
 
 class Method(ABC):
