@@ -18,9 +18,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from curp_chain.cli import main as curp_main
 from curp_chain.codebook import ProductQuantizer
 from curp_chain.training.align import derangement, lr_at
-from curp_chain.training.cli import main as train_main
 from curp_chain.training.codebook import (
     balanced_kmeans,
     capacity_assign,
@@ -277,7 +277,7 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     # Stage 1 on 12 users.
     codebook = tmp_path / "codebook"
     assert (
-        train_main(
+        curp_main(
             [
                 "train",
                 "codebook",
@@ -353,7 +353,7 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
         "--cleanup-fraction",
         "0",
     ]
-    assert train_main([*projector, "--max-steps", "6"]) == 0
+    assert curp_main([*projector, "--max-steps", "6"]) == 0
     model = load_checkpoint(out)
     assert model.config.trained
     provenance = model.config.provenance
@@ -385,7 +385,7 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
 
     # Resuming continues from the saved step instead of starting over.
     resume = ["--max-steps", "7", "--resume", "--samples", "0", "--final-val-users", "2"]
-    assert train_main([*projector, *resume]) == 0
+    assert curp_main([*projector, *resume]) == 0
     state = json.loads((out / "training-state" / "state.json").read_text())
     assert state["step"] == 7
     assert len(state["history"]) == 7
@@ -393,7 +393,7 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     # The task-only baseline: same soft-token count, no user input.
     task = tmp_path / "task"
     assert (
-        train_main(
+        curp_main(
             [
                 "train",
                 "projector",

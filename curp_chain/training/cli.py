@@ -539,25 +539,3 @@ def register(subparsers: Any) -> None:
     _add_sources(stages)
     _add_codebook(stages)
     _add_projector(stages)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``curp train ...`` on its own (``python -m curp_chain.training.cli``)."""
-    parser = argparse.ArgumentParser(prog="curp")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(message)s",
-    )
-    try:
-        return int(args.func(args))
-    except CurpError as error:
-        print(f"curp: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

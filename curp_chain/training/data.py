@@ -16,9 +16,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from curp_chain.errors import CurpError
+from curp_chain.eval.lamp import LampExample, load_lamp
 
 LAMP7_INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
 """The LaMP-7 user message without its tweet; training examples use exactly this prefix."""
@@ -112,37 +112,31 @@ def load_pan(
     return users
 
 
-def _lamp7_questions(data_dir: str | Path | None) -> list[dict[str, Any]]:
-    path = _require(Path(data_dir or default_data_dir()) / "lamp7" / "questions.json")
-    return list(json.loads(path.read_text(encoding="utf-8")))
+def _lamp7(data_dir: str | Path | None) -> list[LampExample]:
+    return load_lamp(Path(data_dir or default_data_dir()) / "lamp7")
+
+
+def _clean_profile(texts: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t for t in (_SPACES.sub(" ", x).strip() for x in texts) if t))
 
 
 def load_lamp7_profiles(data_dir: str | Path | None = None) -> list[UserTexts]:
     """The LaMP-7 users' profile tweets (never their gold outputs)."""
     users = []
-    for question in _lamp7_questions(data_dir):
-        texts = dict.fromkeys(
-            t for t in (_SPACES.sub(" ", p["text"]).strip() for p in question["profile"]) if t
-        )
+    for example in _lamp7(data_dir):
+        texts = _clean_profile(example.profile_texts)
         if texts:
-            users.append(UserTexts(f"lamp7:{question['id']}", "lamp7", tuple(texts)))
+            users.append(UserTexts(f"lamp7:{example.id}", "lamp7", texts))
     return users
 
 
 def load_lamp7_validation(data_dir: str | Path | None = None) -> list[LampQuery]:
     """The LaMP-7 validation queries with their golds. For validation only."""
-    questions = _lamp7_questions(data_dir)
-    golds_path = _require(Path(data_dir or default_data_dir()) / "lamp7" / "outputs.json")
-    golds = {g["id"]: g["output"] for g in json.loads(golds_path.read_text())["golds"]}
     queries = []
-    for question in questions:
-        profile = tuple(
-            t for t in (_SPACES.sub(" ", p["text"]).strip() for p in question["profile"]) if t
-        )
-        if question["id"] in golds and profile:
-            queries.append(
-                LampQuery(question["id"], question["input"], profile, golds[question["id"]])
-            )
+    for example in _lamp7(data_dir):
+        profile = _clean_profile(example.profile_texts)
+        if profile:
+            queries.append(LampQuery(example.id, example.input, profile, example.gold))
     return queries
 
 
