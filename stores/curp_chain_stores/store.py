@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self, TypeVarTuple
+from typing import Any, Self, TypeVarTuple
 
 from sqlalchemy import Engine, Select, and_, delete, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from curp_chain.errors import InvalidHistoryItemError, StoreError
 from curp_chain.history import HistoryItem, ItemCodes, NewHistoryItem, UserCodes, UserSummary
@@ -67,6 +69,11 @@ class SQLHistoryStore:
             self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
         self._schema_checked = False
+        # A StaticPool engine (in-memory SQLite) has one connection for every thread: its
+        # transactions must take turns, or SQLite refuses to nest them.
+        self._one_at_a_time: AbstractContextManager[Any] = (
+            threading.RLock() if isinstance(self._engine.pool, StaticPool) else nullcontext()
+        )
 
     @property
     def engine(self) -> Engine:
@@ -251,7 +258,7 @@ class SQLHistoryStore:
         """One session and transaction: committed on success, rolled back on any error."""
         factory = self._write if write else self._read
         try:
-            with factory.begin() as session:
+            with self._one_at_a_time, factory.begin() as session:
                 self._check_schema(session)
                 yield session
         except SQLAlchemyError as exc:
