@@ -425,3 +425,21 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     assert prompt.config.trained
     assert tuple(prompt().shape) == (model.config.num_soft_tokens, 576)
     assert "task" in prompt.config.provenance["validation"]
+
+
+def test_user_margin_loss_is_a_differentiable_hinge(hf_backend) -> None:  # type: ignore[no-untyped-def]
+    from curp_chain.training.align import Example, batch_loss, user_margin_loss
+
+    batch = [
+        Example("a", (), "Paraphrase: I am happy today.", "so happy today!!"),
+        Example("b", (), "Paraphrase: The train was late again.", "train late AGAIN ugh"),
+    ]
+    soft = (torch.randn(2, 3, 576) * 0.13).requires_grad_(True)
+    options = {"max_target_tokens": 16}
+    sums, counts = batch_loss(hf_backend, soft, batch, max_target_tokens=16)
+    own = sums / counts
+    assert user_margin_loss(hf_backend, soft, batch, own, {**options, "user_margin": -100}) == 0
+    hinge = user_margin_loss(hf_backend, soft, batch, own, {**options, "user_margin": 100})
+    assert hinge.item() > 90
+    hinge.backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0

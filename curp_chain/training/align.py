@@ -359,6 +359,24 @@ class LoopResult:
     history: list[dict[str, Any]]
 
 
+def user_margin_loss(
+    lm: Any, soft: Tensor, batch: Sequence[Example], own: Tensor, options: dict[str, Any]
+) -> Tensor:
+    """Hinge on own loss + margin - loss with another example's soft tokens, per example.
+
+    Each example is scored again with the soft tokens of the next example in the batch
+    (another user's history): the term is zero only when the user's own history beats
+    someone else's by ``user_margin`` nats per token, so ignoring the history cannot
+    minimise it.
+    """
+    sums, counts = batch_loss(
+        lm, soft.roll(1, dims=0), batch, max_target_tokens=int(options["max_target_tokens"])
+    )
+    other = sums / counts.clamp(min=1)
+    margin = float(options.get("user_margin") or 0.0)
+    return torch.relu(margin + own - other).mean()
+
+
 def train_loop(
     *,
     accelerator: Any,
@@ -401,6 +419,7 @@ def train_loop(
         disable=not accelerator.is_local_main_process,
     )
     aux_weight = float(options.get("codebook_loss_weight", 1.0))
+    margin_weight = float(options.get("user_margin_weight") or 0.0)
     while step < max_steps:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(
@@ -422,6 +441,10 @@ def train_loop(
                     lm, soft, batch, max_target_tokens=int(options["max_target_tokens"])
                 )
                 loss = sums.sum() / counts.sum().clamp(min=1) + aux_weight * aux
+                if margin_weight and not source.task_only and len(batch) > 1:
+                    loss = loss + margin_weight * user_margin_loss(
+                        lm, soft, batch, sums / counts.clamp(min=1), options
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and options.get("max_grad_norm"):
                     accelerator.clip_grad_norm_(trainable, float(options["max_grad_norm"]))

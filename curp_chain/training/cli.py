@@ -485,6 +485,20 @@ def _add_projector(stages: Any) -> None:
         help="save resumable state every this many steps (default 25)",
     )
     parser.add_argument(
+        "--user-margin-weight",
+        type=float,
+        default=0.0,
+        help="weight of a hinge term that asks each example's loss with its own user's soft "
+        "tokens to beat its loss with another user's by --user-margin (default 0: off; "
+        "doubles the cost of a step)",
+    )
+    parser.add_argument(
+        "--user-margin",
+        type=float,
+        default=0.05,
+        help="the margin, in nats per token, of --user-margin-weight (default 0.05)",
+    )
+    parser.add_argument(
         "--samples",
         type=int,
         default=3,
