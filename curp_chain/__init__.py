@@ -1,24 +1,60 @@
-"""curp-chain: personalize a local LLM with codebook-based continuous user representations."""
+"""curp-chain: personalize a local LLM with codebook-based continuous user representations.
 
-from curp_chain.chat_model import CurpChatModel
-from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
-from curp_chain.config import CurpConfig
-from curp_chain.errors import (
-    BackendError,
-    CheckpointError,
-    ContextLengthError,
-    CurpError,
-    IncompatibleCheckpointError,
-    InvalidHistoryItemError,
-    InvalidUserIdError,
-    MissingDependencyError,
-    StoreError,
-)
-from curp_chain.history import HistoryItem, NewHistoryItem
-from curp_chain.personalizer import Personalizer
-from curp_chain.user_model import CurpUserModel
+The public names below load on first use, so ``import curp_chain.<module>`` (the training
+and evaluation tools, a batch job on a GPU machine) does not pull in LangChain or the
+chat model unless it uses them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from curp_chain._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from curp_chain.chat_model import CurpChatModel
+    from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
+    from curp_chain.config import CurpConfig
+    from curp_chain.errors import (
+        BackendError,
+        CheckpointError,
+        ContextLengthError,
+        CurpError,
+        IncompatibleCheckpointError,
+        InvalidHistoryItemError,
+        InvalidUserIdError,
+        MissingDependencyError,
+        StoreError,
+    )
+    from curp_chain.history import HistoryItem, NewHistoryItem
+    from curp_chain.personalizer import Personalizer
+    from curp_chain.user_model import CurpUserModel
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "CurpChatModel": "chat_model",
+    "DEFAULT_CHECKPOINT": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "CurpConfig": "config",
+    "BackendError": "errors",
+    "CheckpointError": "errors",
+    "ContextLengthError": "errors",
+    "CurpError": "errors",
+    "IncompatibleCheckpointError": "errors",
+    "InvalidHistoryItemError": "errors",
+    "InvalidUserIdError": "errors",
+    "MissingDependencyError": "errors",
+    "StoreError": "errors",
+    "HistoryItem": "history",
+    "NewHistoryItem": "history",
+    "Personalizer": "personalizer",
+    "CurpUserModel": "user_model",
+}
+
+
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 __all__ = [
     "DEFAULT_CHECKPOINT",

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+"""2: style features, and soft tokens made as a base prompt plus a history-made offset."""
 
 DEFAULT_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_LLM_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -28,8 +29,12 @@ class CurpConfig(BaseModel):
     llm_id: str = DEFAULT_LLM_ID
     """Identifier of the frozen LLM whose input-embedding space the soft tokens live in."""
     llm_hidden_size: int = Field(576, gt=0)
+    style_dim: int = Field(0, ge=0)
+    """Style features appended to the encoder vector (:mod:`curp_chain.style`): 0 (none) or
+    ``STYLE_DIM``. They form one codebook subspace of their own."""
     num_subspaces: int = Field(8, gt=0, le=64)
-    """M: the encoder vector is split into M equal parts, each quantized on its own."""
+    """M: the item vector (encoder vector, then style features) is split into M equal parts,
+    each quantized on its own."""
     codebook_size: int = Field(64, ge=2, le=65536)
     """K: prototypes per subspace; each item becomes M integers in [0, K)."""
     num_trait_tokens: int = Field(4, ge=0, le=64)
@@ -53,10 +58,21 @@ class CurpConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> CurpConfig:
-        if self.encoder_dim % self.num_subspaces:
+        from curp_chain.style import STYLE_DIM
+
+        if self.style_dim not in (0, STYLE_DIM):
             raise ValueError(
-                f"encoder_dim={self.encoder_dim} is not divisible by "
-                f"num_subspaces={self.num_subspaces}; pick M dividing {self.encoder_dim}"
+                f"style_dim={self.style_dim}: use 0 (no style features) or {STYLE_DIM}"
+            )
+        if self.item_dim % self.num_subspaces:
+            raise ValueError(
+                f"the item vector ({self.encoder_dim} encoder + {self.style_dim} style) is not "
+                f"divisible by num_subspaces={self.num_subspaces}; pick M dividing {self.item_dim}"
+            )
+        if self.style_dim and self.subspace_dim != self.style_dim:
+            raise ValueError(
+                f"style features must form one subspace of their own: with style_dim="
+                f"{self.style_dim}, use num_subspaces={self.item_dim // self.style_dim}"
             )
         if self.model_dim % self.num_heads:
             raise ValueError(
@@ -76,8 +92,22 @@ class CurpConfig(BaseModel):
         return self
 
     @property
+    def item_dim(self) -> int:
+        """Width of an item vector before quantization: encoder vector plus style features."""
+        return self.encoder_dim + self.style_dim
+
+    @property
+    def item_encoder_id(self) -> str:
+        """What makes item vectors: the encoder, and the style feature set when used."""
+        if not self.style_dim:
+            return self.encoder_id
+        from curp_chain.style import STYLE_VERSION
+
+        return f"{self.encoder_id}+{STYLE_VERSION}"
+
+    @property
     def subspace_dim(self) -> int:
-        return self.encoder_dim // self.num_subspaces
+        return self.item_dim // self.num_subspaces
 
     @property
     def num_soft_tokens(self) -> int:

@@ -63,7 +63,7 @@ class Personalizer:
         self.user_model = user_model.eval()
         self.encoder = encoder
         self._store = store
-        self.codebook_version = user_model.quantizer.version(user_model.config.encoder_id)
+        self.codebook_version = user_model.quantizer.version(user_model.config.item_encoder_id)
 
     @property
     def store(self) -> HistoryStore:
@@ -74,8 +74,13 @@ class Personalizer:
     @torch.no_grad()
     def encode_codes(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """(N, M) int codes of texts, through the frozen encoder and the codebook."""
-        vectors = self.encoder.encode(texts, progress=progress)
+        vectors = self.item_vectors(texts, progress=progress)
         return self.user_model.quantizer.encode(vectors).numpy().astype(np.int64)
+
+    def item_vectors(self, texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
+        """(N, D) vectors of texts as the codebook sees them (encoder vector + style)."""
+        encoded = self.encoder.encode(texts, progress=progress)
+        return self.user_model.item_vectors(encoded, texts)
 
     def add_history(
         self,
@@ -111,7 +116,7 @@ class Personalizer:
         """Soft tokens (T, H) from item codes (N, M) and the current query."""
         codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None]  # (1, N, M)
         mask = torch.ones(codes_tensor.shape[:2], dtype=torch.bool)
-        query_vector = self.encoder.encode([query]) if self.user_model.config.query_aware else None
+        query_vector = self.item_vectors([query]) if self.user_model.config.query_aware else None
         soft = self.user_model(codes_tensor, mask, query_vector, use_query_token=use_query_token)
         return soft[0].float().numpy()
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from curp_chain.codebook import ProductQuantizer
 from curp_chain.config import CurpConfig
+from curp_chain.style import with_style
 
 
 class CrossAttentionPool(nn.Module):
@@ -36,20 +39,60 @@ class CrossAttentionPool(nn.Module):
 
 
 class Projector(nn.Module):
-    """MLP from aggregator width into the LLM's input-embedding space, RMS-matched."""
+    """Aggregator tokens -> soft tokens: a learned base prompt plus a history-made offset
+    that is centred over users.
 
-    def __init__(self, dim: int, hidden: int, out_dim: int, rms: float):
+    The base carries what every request gains from (the task); the offset only how this
+    user differs from the average user: during training it is centred on the batch mean, and
+    a running mean of those batch means (like batch normalisation's) centres it at serving
+    time. Without the centring, the offset's shared part grew far larger than its per-user
+    part (norm 45 against 0.1 after 40 steps), the LLM saw the same vector for everyone, and
+    another user's history scored exactly the same as the user's own. The offset's last layer
+    starts at zero, so training starts from a plain prompt.
+    """
+
+    offset_mean: Tensor
+    shared_offset: Tensor | None = None
+    """Mean square of the last training batch's mean offset (for the training penalty)."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        out_dim: int,
+        num_tokens: int,
+        rms: float,
+        momentum: float = 0.05,
+    ):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
-        # Soft tokens far off the scale of real token embeddings derail a frozen LLM, so each
-        # token is RMS-normalised and scaled by a learned per-channel gain that starts at the
-        # LLM's own embedding RMS.
-        self.gain = nn.Parameter(torch.full((out_dim,), rms))
+        # The base starts at the scale of the LLM's own token embeddings.
+        self.base = nn.Parameter(torch.randn(num_tokens, out_dim) * rms)
+        last = nn.Linear(hidden, out_dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), last)
+        self.momentum = momentum
+        self.register_buffer("offset_mean", torch.zeros(num_tokens, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.mlp(x)
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return y * self.gain
+        """x (B, T, dim) -> (B, T, out_dim); T may be fewer than the base's tokens (the
+        no-query ablation drops the last one). Training batches need B >= 2."""
+        tokens = x.shape[1]
+        offset = self.mlp(x)
+        if self.training:
+            if x.shape[0] < 2:
+                raise ValueError("training the projector needs at least 2 examples per batch")
+            batch_mean = offset.mean(0)
+            # Kept small by a training penalty: a large shared part cancels out in training,
+            # but it turns a shift in who the users are into a large shift of every soft token.
+            self.shared_offset = batch_mean.pow(2).mean()
+            with torch.no_grad():
+                running = self.offset_mean[:tokens]
+                running.lerp_(batch_mean.detach(), self.momentum)
+            centre = batch_mean
+        else:
+            centre = self.offset_mean[:tokens]
+        return self.base[:tokens] + offset - centre
 
 
 class CurpUserModel(nn.Module):
@@ -59,15 +102,20 @@ class CurpUserModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.quantizer = ProductQuantizer(c.encoder_dim, c.num_subspaces, c.codebook_size)
-        self.item_in = nn.Linear(c.encoder_dim, c.model_dim)
-        self.query_in = nn.Linear(c.encoder_dim, c.model_dim)
+        self.quantizer = ProductQuantizer(c.item_dim, c.num_subspaces, c.codebook_size)
+        self.item_in = nn.Linear(c.item_dim, c.model_dim)
+        self.query_in = nn.Linear(c.item_dim, c.model_dim)
         self.trait_queries = nn.Parameter(torch.randn(c.num_trait_tokens, c.model_dim) * 0.02)
         self.trait_pool = CrossAttentionPool(c.model_dim, c.num_heads)
         self.query_pool = CrossAttentionPool(c.model_dim, c.num_heads)
         self.projector = Projector(
-            c.model_dim, c.projector_hidden, c.llm_hidden_size, c.soft_token_rms
+            c.model_dim, c.projector_hidden, c.llm_hidden_size, c.num_soft_tokens, c.soft_token_rms
         )
+
+    def item_vectors(self, encoder_vectors: Tensor, texts: Sequence[str]) -> Tensor:
+        """What the codebook quantizes: the encoder vectors (N, encoder_dim) of ``texts``,
+        followed by their style features when this model uses them."""
+        return with_style(encoder_vectors, texts, self.config.style_dim)
 
     def soft_tokens(
         self,
@@ -79,7 +127,8 @@ class CurpUserModel(nn.Module):
     ) -> Tensor:
         """Soft tokens from item vectors (quantized, or raw for the no-quantization ablation).
 
-        item_vectors (B, N, D), item_mask (B, N) bool, query_vector (B, D) or None.
+        item_vectors (B, N, D), item_mask (B, N) bool, query_vector (B, D) or None, with D
+        the item width (encoder vector plus style features, see :meth:`item_vectors`).
         Returns (B, T, H): the trait tokens, then the query-aware token when enabled.
         Every row of item_mask must have at least one True entry.
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
@@ -53,10 +54,13 @@ def test_two_users_get_different_soft_prompts(model: CurpChatModel) -> None:
 
 
 def test_different_soft_prompts_reach_the_llm(llama_backend, memory_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # A fresh initialisation makes soft tokens that differ a lot between users; the bundled
-    # checkpoint's differ little (it does not personalize yet), so the runtime path is
-    # checked with this one: each user's own soft tokens must shape their reply.
-    save_checkpoint(initial_model(CurpConfig(), seed=3), tmp_path / "init")
+    # A fresh initialisation starts with the history offset at zero (every user gets the
+    # base prompt); randomising the offset's last layer makes soft tokens that differ a lot
+    # between users, so the runtime path is checked with such a model: each user's own soft
+    # tokens must shape their reply.
+    user_model = initial_model(CurpConfig(), seed=3)
+    torch.nn.init.normal_(user_model.projector.mlp[2].weight, std=0.05)
+    save_checkpoint(user_model, tmp_path / "init")
     model = CurpChatModel(
         backend=llama_backend,
         history_store=memory_store,

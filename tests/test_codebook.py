@@ -91,25 +91,53 @@ def test_soft_token_shapes(n_items: int, batch: int, query_aware: bool) -> None:
     assert torch.isfinite(soft).all()
 
 
-def test_soft_tokens_have_the_configured_rms() -> None:
-    config = CurpConfig(**SMALL, soft_token_rms=0.13)
-    model = CurpUserModel(config).eval()
-    soft = model(
-        torch.randint(0, 8, (2, 5, 4)), torch.ones(2, 5, dtype=torch.bool), torch.randn(2, 16)
-    )
-    rms = soft.pow(2).mean(-1).sqrt()
-    assert torch.allclose(rms, torch.full_like(rms, 0.13), atol=1e-3)
+def randomised_offset(model: CurpUserModel) -> CurpUserModel:
+    """The model with its history offset switched on (it starts at zero)."""
+    torch.nn.init.normal_(model.projector.mlp[2].weight, std=0.5)
+    return model
+
+
+def test_a_fresh_model_gives_every_user_the_base_prompt() -> None:
+    torch.manual_seed(0)
+    model = CurpUserModel(CurpConfig(**SMALL)).eval()
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    soft = model(torch.randint(0, 8, (2, 5, 4)), mask, torch.randn(2, 16))
+    base = model.projector.base
+    assert torch.equal(soft[0], soft[1]) and torch.allclose(soft[0], base)
+    assert soft.shape == (2, 4, 10)
+
+
+def test_history_offset_is_centred_over_users() -> None:
+    torch.manual_seed(1)
+    model = randomised_offset(CurpUserModel(CurpConfig(**SMALL))).train()
+    codes, mask = torch.randint(0, 8, (6, 5, 4)), torch.ones(6, 5, dtype=torch.bool)
+    query = torch.randn(6, 16)
+    soft = model(codes, mask, query)
+    offsets = soft - model.projector.base
+    assert offsets.abs().max() > 0.01  # users differ ...
+    assert torch.allclose(offsets.mean(0), torch.zeros_like(offsets[0]), atol=1e-5)  # ... around 0
+    assert model.projector.shared_offset is not None and model.projector.shared_offset > 0
+    # Serving centres on the running mean of the training batches' means.
+    assert model.projector.offset_mean.abs().max() > 0
+    model.eval()
+    served = model(codes, mask, query)
+    shift = served - soft
+    assert torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-5)  # one shift for all users
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        model.train()(codes[:1], mask[:1], query[:1])
 
 
 def test_padding_items_do_not_change_soft_tokens() -> None:
     torch.manual_seed(3)
-    model = CurpUserModel(CurpConfig(**SMALL)).eval()
+    model = randomised_offset(CurpUserModel(CurpConfig(**SMALL))).eval()
     codes = torch.randint(0, 8, (1, 4, 4))
     query = torch.randn(1, 16)
     plain = model(codes, torch.ones(1, 4, dtype=torch.bool), query)
     padded_codes = torch.cat([codes, torch.randint(0, 8, (1, 3, 4))], dim=1)
     mask = torch.tensor([[True] * 4 + [False] * 3])
     assert torch.allclose(model(padded_codes, mask, query), plain, atol=1e-5)
+    other = model(torch.randint(0, 8, (1, 4, 4)), torch.ones(1, 4, dtype=torch.bool), query)
+    assert not torch.allclose(other, plain, atol=1e-3)
 
 
 def test_a_user_without_items_is_rejected() -> None:

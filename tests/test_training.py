@@ -148,6 +148,63 @@ def test_generate_sources_with_the_bundled_model(tmp_path: Path) -> None:
     )
 
 
+def test_batched_paraphrases_match_one_at_a_time(hf_backend) -> None:  # type: ignore[no-untyped-def]
+    from curp_chain.training.sources import paraphrase, paraphrase_many
+
+    tweets = [
+        "cant believe its snowing again in april, so over this weather",
+        "new phone who dis",
+        "Just finished my first marathon!!! legs are jelly but SO worth it",
+    ]
+    together = paraphrase_many(hf_backend, tweets)
+    one_by_one = [paraphrase(hf_backend, tweet) for tweet in tweets]
+    # Left padding changes float rounding a little; greedy replies keep their first words.
+    for (batched, _), (single, _) in zip(together, one_by_one, strict=True):
+        assert batched.split()[:3] == single.split()[:3]
+
+
+def test_rejected_paraphrases_are_retried_with_sampling(hf_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from curp_chain.training.sources import generate_sources
+
+    # A tweet SmolLM2 copies greedily: the sampled retries get a chance to reword it.
+    tweets = ["@EilidhCuerden 50p doubles babe need I say more #gtown", "new phone who dis"]
+    cache = SourceCache(tmp_path / "s.jsonl")
+    counts = generate_sources(
+        hf_backend, tweets, cache, generator="g", batch_size=2, candidates=3, progress=False
+    )
+    assert sum(counts.values()) == 2
+    records = list(cache.records.values())
+    assert all(r["raw"] for r in records)
+    for record in records:
+        if record["status"] == "ok":
+            assert check_paraphrase(record["tweet"], record["raw"]).status == "ok"
+
+
+def test_personas_are_per_user_and_leave_sources_neutral() -> None:
+    from curp_chain.training.align import training_examples
+    from curp_chain.training.personas import apply_persona, persona_of
+
+    assert persona_of("u1", 0.0, 0) == ()
+    assert all(persona_of(f"u{i}", 1.0, 0) for i in range(50))
+    assert persona_of("u7", 0.5, 3) == persona_of("u7", 0.5, 3)
+    persona = ("lowercase", "no apostrophes", "trailing ellipsis")
+    assert apply_persona("I can't wait. Really!", persona) == "i cant wait. really..."
+    assert apply_persona("Fine, thanks.", ("no final punctuation",)) == "Fine, thanks"
+
+    user = UserTexts("u1", "pan19", ("First Tweet here.", "Second One!", "Third, I'm sure."))
+    sources = {"Second One!": "A neutral paraphrase of the second tweet."}
+    (plain,) = training_examples([user], sources, max_history=5)
+    users = [UserTexts(f"u{i}", "pan19", user.texts) for i in range(40)]
+    styled = training_examples(users, sources, max_history=5, persona_fraction=1.0)
+    assert len(styled) == 40
+    for example in styled:
+        persona = persona_of(example.user_id, 1.0, 0)
+        assert example.user_message == plain.user_message  # the source is never rewritten
+        assert example.target == apply_persona("Second One!", persona)
+        assert example.history == tuple(apply_persona(t, persona) for t in plain.history)
+    assert len({e.target for e in styled}) > 1
+
+
 # --- codebook ----------------------------------------------------------------------------------
 
 
@@ -301,7 +358,8 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
         == 0
     )
     report = json.loads((codebook / "codebook_report.json").read_text())
-    assert len(report["held_out_pan19"]) == 8
+    # 16 parts of the encoder vector and one subspace of style features.
+    assert len(report["held_out_pan19"]) == 17
     assert all(row["used"] >= 1 for row in report["held_out_pan19"])
     summary = report["summary"]
     assert max(summary["kmeans_largest_cluster"]) <= summary["kmeans_capacity"]
@@ -379,7 +437,7 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     assert history[-1]["loss"] < history[0]["loss"]
     # The runtime loader's model makes soft tokens of the LLM's width.
     codes = torch.zeros(1, 3, model.config.num_subspaces, dtype=torch.long)
-    soft = model(codes, torch.ones(1, 3, dtype=torch.bool), torch.randn(1, 384))
+    soft = model(codes, torch.ones(1, 3, dtype=torch.bool), torch.randn(1, model.config.item_dim))
     assert soft.shape == (1, model.config.num_soft_tokens, 576)
     assert np.isfinite(soft.detach().numpy()).all()
 

@@ -384,9 +384,14 @@ class CurpNoQuantMethod(CurpMethod):
     def soft(self, owner: LampExample, query: str) -> SoftVectors:
         model = self.resources.user_model
         encoder = self.resources.encoder
-        vectors = encoder.encode(self.history(owner))[None]  # (1, N, D)
+        history = self.history(owner)
+        vectors = model.item_vectors(encoder.encode(history), history)[None]  # (1, N, D)
         mask = torch.ones(vectors.shape[:2], dtype=torch.bool)
-        query_vector = encoder.encode([query]) if model.config.query_aware else None
+        query_vector = (
+            model.item_vectors(encoder.encode([query]), [query])
+            if model.config.query_aware
+            else None
+        )
         soft = model.soft_tokens(vectors, mask, query_vector)
         return soft[0].float().numpy()
 

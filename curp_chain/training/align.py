@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from curp_chain.prompt import build_soft_prompt
 from curp_chain.protocols import GenerationParams, SoftPrompt
 from curp_chain.scoring import collate, teacher_forced_example, token_losses
+from curp_chain.style import with_style
 from curp_chain.tasks import paraphrase_turns
 from curp_chain.training.data import LAMP7_INSTRUCTION
 
@@ -77,30 +78,40 @@ def training_examples(
     *,
     max_history: int,
     cleanup_fraction: float = 0.0,
+    persona_fraction: float = 0.0,
     seed: int = 0,
 ) -> list[Example]:
     """Examples for every (user, tweet) with an accepted source: the user message is LaMP-7's
     instruction + the source, the target the tweet, the history the user's other tweets.
-    ``cleanup_fraction`` of them additionally appear with a clean-up variant as source."""
+    ``cleanup_fraction`` of them additionally appear with a clean-up variant as source.
+    ``persona_fraction`` of the users have all their tweets, history and target, rewritten
+    by a style persona (:mod:`curp_chain.training.personas`); sources stay neutral."""
     from curp_chain.training.codebook import history_texts
+    from curp_chain.training.personas import apply_persona, persona_of
     from curp_chain.training.sources import cleanup_variant
 
     rng = random.Random(seed)
     examples = []
     for user in users:
+        persona = persona_of(user.user_id, persona_fraction, seed) if persona_fraction else ()
+
+        def styled(text: str, persona: tuple[str, ...] = persona) -> str:
+            return apply_persona(text, persona) if persona else text
+
         for tweet in user.texts:
-            source = sources.get(tweet)
+            source = sources.get(tweet)  # sources are keyed by the original tweet
             if not source:
                 continue
-            history = tuple(history_texts(user.texts, tweet, max_history))
+            history = tuple(styled(t) for t in history_texts(user.texts, tweet, max_history))
             if not history:
                 continue
-            examples.append(Example(user.user_id, history, LAMP7_INSTRUCTION + source, tweet))
+            target = styled(tweet)
+            examples.append(Example(user.user_id, history, LAMP7_INSTRUCTION + source, target))
             if cleanup_fraction and rng.random() < cleanup_fraction:
                 variant = cleanup_variant(tweet)
                 if variant and variant != tweet:
                     examples.append(
-                        Example(user.user_id, history, LAMP7_INSTRUCTION + variant, tweet)
+                        Example(user.user_id, history, LAMP7_INSTRUCTION + variant, target)
                     )
     return examples
 
@@ -130,13 +141,23 @@ class SoftTokenSource(nn.Module):
     """What stage 2 trains, behind one ``forward`` (so that DDP can synchronise gradients).
 
     Wraps a CurpUserModel (soft tokens from history + query) or a TaskPrompt (the same
-    tokens for everyone). Returns soft tokens (B, T, H) and an auxiliary loss.
+    tokens for everyone). Returns soft tokens (B, T, H) and the weighted auxiliary losses
+    (the codebook's VQ loss when it trains; the shared-offset penalty).
     """
 
-    def __init__(self, module: nn.Module, *, train_codebook: bool = False):
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        train_codebook: bool = False,
+        codebook_loss_weight: float = 1.0,
+        shared_offset_weight: float = 0.0,
+    ):
         super().__init__()
         self.module = module
         self.train_codebook = train_codebook
+        self.codebook_loss_weight = codebook_loss_weight
+        self.shared_offset_weight = shared_offset_weight
 
     @property
     def task_only(self) -> bool:
@@ -153,8 +174,12 @@ class SoftTokenSource(nn.Module):
         aux = items.new_zeros(())
         if self.train_codebook:
             output = model.quantizer(items)
-            items, aux = output.quantized, output.loss
-        return model.soft_tokens(items, mask, query), aux
+            items, aux = output.quantized, self.codebook_loss_weight * output.loss
+        soft = model.soft_tokens(items, mask, query)
+        shared = model.projector.shared_offset
+        if self.training and self.shared_offset_weight and shared is not None:
+            aux = aux + self.shared_offset_weight * shared
+        return soft, aux
 
 
 def pad_items(encoded: Sequence[Encoded], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -418,7 +443,6 @@ def train_loop(
         unit="step",
         disable=not accelerator.is_local_main_process,
     )
-    aux_weight = float(options.get("codebook_loss_weight", 1.0))
     margin_weight = float(options.get("user_margin_weight") or 0.0)
     while step < max_steps:
         for group in optimizer.param_groups:
@@ -440,7 +464,7 @@ def train_loop(
                 sums, counts = batch_loss(
                     lm, soft, batch, max_target_tokens=int(options["max_target_tokens"])
                 )
-                loss = sums.sum() / counts.sum().clamp(min=1) + aux_weight * aux
+                loss = sums.sum() / counts.sum().clamp(min=1) + aux
                 if margin_weight and not source.task_only and len(batch) > 1:
                     loss = loss + margin_weight * user_margin_loss(
                         lm, soft, batch, sums / counts.clamp(min=1), options
@@ -470,8 +494,9 @@ def train_loop(
             logger.info("step %d validation %s", step, json.dumps(record["validation"]))
         history.append(record)
         save_every = int(options.get("save_every") or 0)
+        out_of_time = _out_of_time(accelerator, start, options.get("time_budget"))
         if accelerator.is_main_process and (
-            (save_every and step % save_every == 0) or step == max_steps
+            (save_every and step % save_every == 0) or step == max_steps or out_of_time
         ):
             save_state(
                 state_dir,
@@ -479,6 +504,9 @@ def train_loop(
                 optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                 {"step": step, "examples_seen": seen, "wall_s": round(wall, 1), "history": history},
             )
+        if out_of_time:
+            logger.info("time budget reached at step %d of %d", step, max_steps)
+            break
     bar.close()
     tail = [h["loss"] for h in history[-20:]]
     return LoopResult(
@@ -488,6 +516,15 @@ def train_loop(
         elapsed_before + time.monotonic() - start,
         history,
     )
+
+
+def _out_of_time(accelerator: Any, start: float, budget_minutes: float | None) -> bool:
+    """Whether this run's --time-budget is spent; every process gets the same answer, so
+    all stop after the same step."""
+    if not budget_minutes:
+        return False
+    spent = torch.tensor(float(time.monotonic() - start > 60 * float(budget_minutes)))
+    return bool(accelerator.reduce(spent.to(accelerator.device), reduction="max").item())
 
 
 def _example_index(position: int, n: int, seed: int) -> int:
@@ -517,14 +554,16 @@ def _encode_examples(
     cache: Any,
     quantize: Callable[[Tensor], Tensor] | None,
     *,
+    style_dim: int,
     progress: bool,
 ) -> list[Encoded]:
     texts = list(dict.fromkeys(t for e in examples for t in e.history))
-    vectors = cache.get(texts, progress=progress)
+    vectors = with_style(cache.get(texts, progress=progress), texts, style_dim)
     if quantize is not None:
         vectors = quantize(vectors)
     row = {t: i for i, t in enumerate(texts)}
-    queries = cache.get([e.user_message for e in examples], progress=progress)
+    messages = [e.user_message for e in examples]
+    queries = with_style(cache.get(messages, progress=progress), messages, style_dim)
     return [
         Encoded(vectors[[row[t] for t in e.history]], queries[i]) for i, e in enumerate(examples)
     ]
@@ -597,7 +636,12 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
             )
         module = user_model.train()
         user_model.quantizer.requires_grad_(bool(options["train_codebook"]))
-    source = SoftTokenSource(module, train_codebook=bool(options["train_codebook"]))
+    source = SoftTokenSource(
+        module,
+        train_codebook=bool(options["train_codebook"]),
+        codebook_loss_weight=float(options.get("codebook_loss_weight", 1.0)),
+        shared_offset_weight=float(options.get("shared_offset_weight") or 0.0),
+    )
     source.to(accelerator.device)
 
     encoder = SentenceEncoder(encoder_id=user_model.config.encoder_id if user_model else None)
@@ -611,7 +655,9 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
 
         def quantize(vectors: Tensor) -> Tensor:
             with torch.no_grad():
-                return quantizer.decode(quantizer.encode(vectors)).cpu()
+                # The quantizer lives wherever the model trains; vectors are kept on the CPU.
+                device = quantizer.prototypes.device
+                return quantizer.decode(quantizer.encode(vectors.to(device))).cpu()
 
     # Validation data: LaMP-7 users (their gold tweets are read only here).
     queries = load_lamp7_validation(options["data_dir"])
@@ -619,7 +665,9 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
         queries = queries[: int(options["final_val_users"])]
     val_examples = validation_examples(queries, max_history=max_history)
     val_encoded = (
-        _encode_examples(val_examples, cache, quantize, progress=main)
+        _encode_examples(
+            val_examples, cache, quantize, style_dim=user_model.config.style_dim, progress=main
+        )
         if user_model is not None
         else [Encoded(torch.zeros(1, 384), torch.zeros(384)) for _ in val_examples]
     )
@@ -689,6 +737,7 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
         accepted,
         max_history=max_history,
         cleanup_fraction=float(options["cleanup_fraction"]),
+        persona_fraction=float(options.get("persona_fraction") or 0.0),
         seed=seed,
     )
     if options.get("max_examples"):
@@ -706,7 +755,9 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
             len(accepted),
         )
     encoded = (
-        _encode_examples(examples, cache, quantize, progress=main)
+        _encode_examples(
+            examples, cache, quantize, style_dim=user_model.config.style_dim, progress=main
+        )
         if user_model is not None and not task_only
         else [Encoded(torch.zeros(1, 384), torch.zeros(384)) for _ in examples]
     )

@@ -172,6 +172,26 @@ def _add_sources(stages: Any) -> None:
         help="stop after this many minutes (default: no limit)",
     )
     parser.add_argument(
+        "--backend",
+        choices=("llamacpp", "hf"),
+        default="llamacpp",
+        help="llamacpp: one tweet at a time on the CPU (default); hf: transformers, many "
+        "tweets side by side (--batch-size), on a CUDA GPU when one is present",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="tweets paraphrased side by side with --backend hf (default 1; 256 or more on a GPU)",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="retry a rejected greedy paraphrase up to this many times with sampling "
+        "(temperature 0.8, top-p 0.95) and keep the first accepted one (default 0)",
+    )
+    parser.add_argument(
         "--shard",
         default="0/1",
         help="I/N: handle only every N-th tweet starting at I, to run N "
@@ -181,7 +201,9 @@ def _add_sources(stages: Any) -> None:
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
-    from curp_chain.defaults import open_llamacpp_backend
+    import torch
+
+    from curp_chain.defaults import open_hf_backend, open_llamacpp_backend
     from curp_chain.training.data import default_cache_dir, load_pan, split_users, target_order
     from curp_chain.training.sources import SourceCache, generate_sources
 
@@ -199,11 +221,26 @@ def cmd_sources(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir or default_cache_dir())
     path = Path(args.sources or cache_dir / "sources-smollm2.jsonl")
     cache = SourceCache(path)
-    backend = open_llamacpp_backend(args.model_path, n_threads=args.threads, n_ctx=1024)
+    if args.batch_size < 1 or args.candidates < 0:
+        raise CurpError("--batch-size must be at least 1 and --candidates at least 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.backend == "hf":
+        backend = open_hf_backend(args.model_path)
+    else:
+        backend = open_llamacpp_backend(args.model_path, n_threads=args.threads, n_ctx=1024)
     logger.info("%d target tweets, %d already in %s", len(tweets), len(cache), path)
     budget = args.time_budget * 60 if args.time_budget else None
     counts = generate_sources(
-        backend, tweets, cache, generator=backend.model_id, limit=args.limit, time_budget_s=budget
+        backend,
+        tweets,
+        cache,
+        generator=backend.model_id,
+        limit=args.limit,
+        time_budget_s=budget,
+        batch_size=args.batch_size,
+        candidates=args.candidates,
+        seed=args.seed,
     )
     total = sum(counts.values())
     print(
@@ -228,8 +265,24 @@ def _add_codebook(stages: Any) -> None:
     parser.add_argument(
         "--num-subspaces",
         type=int,
-        default=8,
-        help="M: subspaces the 384-d encoder vector is split into (default 8)",
+        default=None,
+        help="M: subspaces the item vector is split into (default: 17 with style features, "
+        "16 parts of the 384-d encoder vector and the 24 style features; 8 without)",
+    )
+    parser.add_argument(
+        "--persona-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of training users whose items are rewritten by a style persona, as "
+        "`train projector` does (same users, same personas; default 0.5)",
+    )
+    parser.add_argument(
+        "--style",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append the item's style features (casing, punctuation, mentions, emoji; "
+        "curp_chain.style) to the encoder vector, as a codebook subspace of their own "
+        "(default: on)",
     )
     parser.add_argument(
         "--codebook-size", type=int, default=64, help="K: prototypes per subspace (default 64)"
@@ -412,11 +465,35 @@ def _add_projector(stages: Any) -> None:
         help="use at most this many training examples (default: all)",
     )
     parser.add_argument(
+        "--shared-offset-weight",
+        type=float,
+        default=1.0,
+        help="weight of the penalty on the mean square of each batch's mean history offset: "
+        "keeps what all users share in the base prompt, so that serving other users than "
+        "trained on does not shift every soft token (default 1.0)",
+    )
+    parser.add_argument(
+        "--persona-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of training users whose tweets (history and target, not the source) "
+        "are all rewritten by one style persona: lowercase, no final punctuation, no "
+        "apostrophes, a trailing ellipsis or exclamation marks (curp_chain.training.personas; "
+        "default 0.5, 0 turns it off)",
+    )
+    parser.add_argument(
         "--cleanup-fraction",
         type=float,
         default=0.1,
         help="fraction of examples also added with a clean-up variant of the "
         "tweet as source, as augmentation (default 0.1)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="stop training after this many minutes even if --max-steps is not reached "
+        "(the state is saved; the learning-rate schedule still follows --max-steps)",
     )
     parser.add_argument(
         "--max-steps",
@@ -513,6 +590,11 @@ def cmd_projector(args: argparse.Namespace) -> int:
     apply_config_file(args)
     if not args.validate_only and not args.out:
         raise CurpError("--out is required (the checkpoint folder to write)")
+    if not args.task_only and args.batch_size < 2:
+        raise CurpError(
+            "--batch-size must be at least 2: CURP's history offset is centred over the users "
+            "of each batch"
+        )
     options = options_of(args)
     options["provenance"] = {"command": command_line()}
     summary = run_projector_stage(options)

@@ -319,6 +319,7 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
 
     from curp_chain.checkpoint import save_checkpoint
     from curp_chain.config import CurpConfig
+    from curp_chain.style import STYLE_DIM, with_style
     from curp_chain.training.data import (
         default_cache_dir,
         load_lamp7_profiles,
@@ -327,13 +328,22 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
         user_order,
     )
     from curp_chain.training.initialize import initial_model
+    from curp_chain.training.personas import apply_persona, persona_of
 
     start = time.monotonic()
     if options.get("threads"):
         torch.set_num_threads(int(options["threads"]))
     seed = int(options["seed"])
+    style_dim = STYLE_DIM if options.get("style", True) else 0
+    encoder_dim = CurpConfig.model_fields["encoder_dim"].default
+    # With style features, the encoder vector is cut into parts as wide as the style vector,
+    # so that the style features are one subspace of their own.
+    num_subspaces = options.get("num_subspaces") or (
+        (encoder_dim + style_dim) // style_dim if style_dim else 8
+    )
     config = CurpConfig(
-        num_subspaces=options["num_subspaces"],
+        style_dim=style_dim,
+        num_subspaces=num_subspaces,
         codebook_size=options["codebook_size"],
         max_history_items=options["max_history"],
     )
@@ -345,7 +355,10 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
     train, held = split_users(users, options["held_out_fraction"], seed)
     train = user_order(train, seed)[: options["train_users"]]
     per_user = options["max_history"] + 1  # covers the history of any target choice
-    train_texts = [t for u in train for t in u.texts[:per_user]]
+    # The codebook sees the training users as stage 2 does: with their style personas.
+    fraction = float(options.get("persona_fraction") or 0.0)
+    personas = {u.user_id: persona_of(u.user_id, fraction, seed) if fraction else () for u in train}
+    train_texts = [apply_persona(t, personas[u.user_id]) for u in train for t in u.texts[:per_user]]
     held_texts = [t for u in held for t in u.texts[: options["held_out_items"]]]
     lamp_users = load_lamp7_profiles(options["data_dir"])[: options.get("lamp7_report_users")]
     lamp_texts = [t for u in lamp_users for t in u.texts[: options["max_history"]]]
@@ -355,9 +368,9 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
         len(held_texts),
         len(lamp_texts),
     )
-    train_vectors = cache.get(train_texts, progress=True)
-    held_vectors = cache.get(held_texts, progress=True)
-    lamp_vectors = cache.get(lamp_texts, progress=True)
+    train_vectors = with_style(cache.get(train_texts, progress=True), train_texts, style_dim)
+    held_vectors = with_style(cache.get(held_texts, progress=True), held_texts, style_dim)
+    lamp_vectors = with_style(cache.get(lamp_texts, progress=True), lamp_texts, style_dim)
 
     model = initial_model(config, seed)
     quantizer = model.quantizer

@@ -18,15 +18,15 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from curp_chain.prompt import ChatTurn, build_soft_prompt
-from curp_chain.protocols import GenerationParams, SoftPromptBackend
+from curp_chain.protocols import GenerationParams, SoftPrompt, SoftPromptBackend
 from curp_chain.training.data import LAMP7_INSTRUCTION, text_key
 
 logger = logging.getLogger(__name__)
@@ -227,20 +227,48 @@ class SourceCache:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def paraphrase(backend: SoftPromptBackend, tweet: str) -> tuple[str, bool]:
-    """One greedy paraphrase of ``tweet`` by ``backend`` (repeated 4-grams blocked), and
-    whether it was cut off: output is limited to 1.5 times the tweet's length plus 8 tokens,
-    which a paraphrase never needs and a runaway output always reaches."""
+SAMPLED_RETRY = GenerationParams(temperature=0.8, top_p=0.95, no_repeat_ngram_size=4)
+"""How a rejected greedy paraphrase is retried (``candidates`` > 0): a sampled rewording."""
+
+
+def _request(backend: SoftPromptBackend, tweet: str) -> tuple[SoftPrompt, int]:
+    """The paraphrase prompt for ``tweet`` and its output limit: 1.5 times the tweet's
+    length plus 8 tokens, which a paraphrase never needs and a runaway output always
+    reaches."""
     prompt = build_soft_prompt(
         backend.chat_template,
         [ChatTurn("user", PARAPHRASE_REQUEST.format(tweet=tweet))],
         None,
         backend.special_tokens,
     )
-    max_tokens = min(128, int(1.5 * backend.count_tokens(tweet)) + 8)
-    params = GenerationParams(max_tokens=max_tokens, temperature=0.0, no_repeat_ngram_size=4)
+    return prompt, min(128, int(1.5 * backend.count_tokens(tweet)) + 8)
+
+
+def paraphrase(
+    backend: SoftPromptBackend, tweet: str, params: GenerationParams | None = None
+) -> tuple[str, bool]:
+    """One paraphrase of ``tweet`` by ``backend`` (greedy unless ``params`` say otherwise;
+    repeated 4-grams blocked), and whether it was cut off by the output limit."""
+    prompt, max_tokens = _request(backend, tweet)
+    params = replace(params or GenerationParams(temperature=0.0), max_tokens=max_tokens)
     chunks = list(backend.stream(prompt, params))
     return "".join(c.text for c in chunks), chunks[-1].finish_reason == "length"
+
+
+def paraphrase_many(
+    backend: SoftPromptBackend, tweets: Sequence[str], params: GenerationParams | None = None
+) -> list[tuple[str, bool]]:
+    """:func:`paraphrase` for several tweets; decoded side by side where the backend can
+    (the transformers backend's ``generate_batch``, fast on a GPU), else one by one."""
+    generate_batch = getattr(backend, "generate_batch", None)
+    if generate_batch is None or len(tweets) == 1:
+        return [paraphrase(backend, tweet, params) for tweet in tweets]
+    requests = [_request(backend, tweet) for tweet in tweets]
+    texts = [prompt.before + prompt.after for prompt, _ in requests]
+    replies = generate_batch(
+        texts, params or GenerationParams(temperature=0.0), [limit for _, limit in requests]
+    )
+    return [(text, reason == "length") for text, reason in replies]
 
 
 def generate_sources(
@@ -251,28 +279,49 @@ def generate_sources(
     generator: str,
     limit: int | None = None,
     time_budget_s: float | None = None,
+    batch_size: int = 1,
+    candidates: int = 0,
+    seed: int = 0,
     progress: bool = True,
 ) -> dict[str, int]:
     """Paraphrase every tweet not yet in ``cache``, appending results as they come.
 
-    Stops after ``limit`` new generations or ``time_budget_s`` seconds; returns counts
-    per status of this run.
+    ``batch_size`` tweets are paraphrased side by side where the backend can. A greedy
+    paraphrase that :func:`check_paraphrase` rejects is retried up to ``candidates`` times
+    with sampling (:data:`SAMPLED_RETRY`); the first accepted output is kept. Stops after
+    ``limit`` new tweets or ``time_budget_s`` seconds; returns counts per status of this run.
     """
     todo = [t for t in dict.fromkeys(tweets) if t not in cache]
     if limit is not None:
         todo = todo[:limit]
     counts: dict[str, int] = {}
     start = time.monotonic()
-    bar = tqdm(todo, desc="paraphrasing", unit="tweet", disable=not progress)
-    for tweet in bar:
+    bar = tqdm(total=len(todo), desc="paraphrasing", unit="tweet", disable=not progress)
+    for first in range(0, len(todo), max(1, batch_size)):
         if time_budget_s is not None and time.monotonic() - start > time_budget_s:
             logger.info("time budget of %.0f s reached", time_budget_s)
             break
-        output, truncated = paraphrase(backend, tweet)
-        check = check_paraphrase(tweet, output, truncated=truncated)
-        cache.add(tweet, output, check, generator)
-        counts[check.status] = counts.get(check.status, 0) + 1
+        batch = todo[first : first + max(1, batch_size)]
+        outputs = dict(zip(batch, paraphrase_many(backend, batch), strict=True))
+        checks = {t: check_paraphrase(t, o, truncated=c) for t, (o, c) in outputs.items()}
+        names = dict.fromkeys(batch, generator)
+        for attempt in range(candidates):
+            rejected = [t for t in batch if checks[t].status != "ok"]
+            if not rejected:
+                break
+            params = replace(SAMPLED_RETRY, seed=seed + attempt + first)
+            for tweet, (output, cut) in zip(
+                rejected, paraphrase_many(backend, rejected, params), strict=True
+            ):
+                check = check_paraphrase(tweet, output, truncated=cut)
+                if check.status == "ok":
+                    outputs[tweet], checks[tweet] = (output, cut), check
+                    names[tweet] = f"{generator} (sampled, t={SAMPLED_RETRY.temperature})"
+        for tweet in batch:
+            cache.add(tweet, outputs[tweet][0], checks[tweet], names[tweet])
+            counts[checks[tweet].status] = counts.get(checks[tweet].status, 0) + 1
         done = sum(counts.values())
+        bar.update(len(batch))
         bar.set_postfix(ok=f"{counts.get('ok', 0) / done:.0%}", cached=len(cache))
     bar.close()
     return counts

@@ -20,7 +20,7 @@ import torch
 
 from curp_chain.defaults import curp_home
 from curp_chain.errors import BackendError, ContextLengthError, MissingDependencyError
-from curp_chain.generation import Logits, decode_loop
+from curp_chain.generation import Logits, banned_by_ngrams, decode_loop
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
 from curp_chain_integrations.llamacpp import SMOLLM2_ID, smollm2_gguf_path
 
@@ -191,3 +191,67 @@ class TransformersBackend:
                 input_tokens=n_input,
                 soft_tokens=n_soft,
             )
+
+    @torch.no_grad()
+    def generate_batch(
+        self, prompts: Sequence[str], params: GenerationParams, max_tokens: Sequence[int]
+    ) -> list[tuple[str, str]]:
+        """Replies to text-only prompts (already templated), decoded side by side.
+
+        Greedy or sampled as ``params`` says, with the same rule as :meth:`stream` for
+        repeated n-grams (generated tokens only); ``max_tokens[i]`` bounds reply ``i``.
+        Returns (text, finish_reason) per prompt, finish_reason "stop" or "length". Batch
+        jobs (paraphrasing training data) use this; interactive replies use :meth:`stream`.
+        """
+        if len(prompts) != len(max_tokens):
+            raise ValueError("give one max_tokens per prompt")
+        if not prompts:
+            return []
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        tokenizer = self.tokenizer
+        if tokenizer.pad_token is None:  # padded positions are masked out: any token will do
+            tokenizer.pad_token = tokenizer.eos_token
+        pad_id = tokenizer.pad_token_id
+        inputs = tokenizer(
+            list(prompts),
+            add_special_tokens=False,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(self.device)
+        prompt_length = int(inputs["input_ids"].shape[1])
+        ngram = params.no_repeat_ngram_size
+
+        class _BlockGeneratedNgrams(LogitsProcessor):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                generated = input_ids[:, prompt_length:].tolist()
+                for row, tokens in enumerate(generated):
+                    banned = banned_by_ngrams(tokens, ngram)
+                    if banned:
+                        scores[row, list(banned)] = -float("inf")
+                return scores
+
+        sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
+        if params.temperature > 0:
+            sampling.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        with self._lock:
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=max(max_tokens),
+                logits_processor=LogitsProcessorList([_BlockGeneratedNgrams()]),
+                eos_token_id=sorted(self._end_ids),
+                pad_token_id=pad_id,
+                **sampling,
+            )
+        replies = []
+        for row, limit in enumerate(max_tokens):
+            tokens = output[row, prompt_length:].tolist()
+            end = next((i for i, t in enumerate(tokens) if t in self._end_ids), None)
+            if end is not None and end < limit:
+                replies.append((self.detokenize(tokens[:end]), "stop"))
+            else:
+                replies.append((self.detokenize(tokens[:limit]), "length"))
+        return replies
