@@ -383,15 +383,10 @@ class CurpNoQuantMethod(CurpMethod):
     @torch.no_grad()
     def soft(self, owner: LampExample, query: str) -> SoftVectors:
         model = self.resources.user_model
-        encoder = self.resources.encoder
-        history = self.history(owner)
-        vectors = model.item_vectors(encoder.encode(history), history)[None]  # (1, N, D)
+        item_vectors = self.resources.personalizer.item_vectors  # encoder vector + style
+        vectors = item_vectors(self.history(owner))[None]  # (1, N, D)
         mask = torch.ones(vectors.shape[:2], dtype=torch.bool)
-        query_vector = (
-            model.item_vectors(encoder.encode([query]), [query])
-            if model.config.query_aware
-            else None
-        )
+        query_vector = item_vectors([query]) if model.config.query_aware else None
         soft = model.soft_tokens(vectors, mask, query_vector)
         return soft[0].float().numpy()
 
