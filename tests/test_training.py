@@ -448,7 +448,8 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     assert state["step"] == 7
     assert len(state["history"]) == 7
 
-    # The task-only baseline: same soft-token count, no user input.
+    # The task-only baseline: same soft-token count, no user input, started from the
+    # codebook checkpoint's base prompt (CURP's own starting soft tokens).
     task = tmp_path / "task"
     assert (
         curp_main(
@@ -459,6 +460,8 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
                 "--init",
                 str(codebook),
                 "--task-only",
+                "--task-init",
+                "base",
                 "--out",
                 str(task),
                 "--max-examples",
@@ -483,6 +486,10 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     assert prompt.config.trained
     assert tuple(prompt().shape) == (model.config.num_soft_tokens, 576)
     assert "task" in prompt.config.provenance["validation"]
+    # Two warm-up steps of AdamW (peak lr 1e-3) move a coordinate by well under 1e-3; a
+    # random start at the soft-token scale (rms 0.13) would be about 100 times farther.
+    start = load_checkpoint(codebook).projector.base
+    assert (prompt.vectors - start).abs().max().item() < 3e-3
 
 
 def test_user_margin_loss_is_a_differentiable_hinge(hf_backend) -> None:  # type: ignore[no-untyped-def]

@@ -38,12 +38,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from curp_chain.eval.lamp import LAMP7_INSTRUCTION, LampExample
 from curp_chain.prompt import build_soft_prompt
 from curp_chain.protocols import GenerationParams, SoftPrompt
 from curp_chain.scoring import collate, teacher_forced_example, token_losses
 from curp_chain.style import with_style
 from curp_chain.tasks import paraphrase_turns
-from curp_chain.training.data import LAMP7_INSTRUCTION
+from curp_chain.training.data import clean_profile
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +117,12 @@ def training_examples(
     return examples
 
 
-def validation_examples(queries: Sequence[Any], *, max_history: int) -> list[Example]:
-    """LaMP-7 queries as examples: profile (first ``max_history`` items) as history, the
-    query's ``input`` as the user message, the gold tweet as target."""
+def validation_examples(queries: Sequence[LampExample], *, max_history: int) -> list[Example]:
+    """LaMP-7 queries as examples: the cleaned profile (first ``max_history`` items) as
+    history, the query's ``input`` as the user message, the gold tweet as target."""
     return [
-        Example(q.query_id, tuple(q.profile[:max_history]), q.user_message, q.gold) for q in queries
+        Example(q.id, clean_profile(q.profile_texts)[:max_history], q.input, q.gold)
+        for q in queries
     ]
 
 
@@ -619,7 +621,7 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
             user_model.config.num_soft_tokens if user_model else int(options["num_soft_tokens"])
         )
         torch.manual_seed(seed)
-        module: nn.Module = TaskPrompt(
+        task_prompt = TaskPrompt(
             TaskPromptConfig(
                 llm_id=lm.model_id,
                 llm_hidden_size=lm.hidden_size,
@@ -627,6 +629,12 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
                 init_rms=user_model.config.soft_token_rms if user_model else 0.13,
             )
         )
+        if options.get("task_init") == "base":
+            if user_model is None:
+                raise CurpError("--task-init base starts from the --init checkpoint: pass --init")
+            with torch.no_grad():
+                task_prompt.vectors.copy_(user_model.projector.base)
+        module: nn.Module = task_prompt
     else:
         assert user_model is not None
         if user_model.config.llm_hidden_size != lm.hidden_size:

@@ -407,6 +407,15 @@ def _add_projector(stages: Any) -> None:
         "--init checkpoint's soft tokens, with no user input",
     )
     parser.add_argument(
+        "--task-init",
+        choices=("random", "base"),
+        default="random",
+        help="how --task-only starts: random vectors at the soft-token scale (default), "
+        "or the --init checkpoint's base prompt, which is exactly what CURP's soft tokens "
+        "are before training (the history offset starts at zero), so the baseline and "
+        "CURP start from the same prompt and differ only in the user information",
+    )
+    parser.add_argument(
         "--validate-only",
         action="store_true",
         help="only validate --init (and --task-prompt) on the LaMP-7 users",

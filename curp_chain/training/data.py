@@ -20,9 +20,6 @@ from pathlib import Path
 from curp_chain.errors import CurpError
 from curp_chain.eval.lamp import LampExample, load_lamp
 
-LAMP7_INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
-"""The LaMP-7 user message without its tweet; training examples use exactly this prefix."""
-
 DATA_DIR_ENV = "CURP_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,17 +70,6 @@ class UserTexts:
     texts: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class LampQuery:
-    """One LaMP-7 validation query: the user's profile, the prompt and the gold tweet."""
-
-    query_id: str
-    user_message: str
-    """The full LaMP-7 input: instruction + neutral paraphrase."""
-    profile: tuple[str, ...]
-    gold: str
-
-
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise CurpError(
@@ -116,7 +102,8 @@ def _lamp7(data_dir: str | Path | None) -> list[LampExample]:
     return load_lamp(Path(data_dir or default_data_dir()) / "lamp7")
 
 
-def _clean_profile(texts: Sequence[str]) -> tuple[str, ...]:
+def clean_profile(texts: Sequence[str]) -> tuple[str, ...]:
+    """Profile items with whitespace collapsed, empty and repeated items dropped."""
     return tuple(dict.fromkeys(t for t in (_SPACES.sub(" ", x).strip() for x in texts) if t))
 
 
@@ -124,20 +111,16 @@ def load_lamp7_profiles(data_dir: str | Path | None = None) -> list[UserTexts]:
     """The LaMP-7 users' profile tweets (never their gold outputs)."""
     users = []
     for example in _lamp7(data_dir):
-        texts = _clean_profile(example.profile_texts)
+        texts = clean_profile(example.profile_texts)
         if texts:
             users.append(UserTexts(f"lamp7:{example.id}", "lamp7", texts))
     return users
 
 
-def load_lamp7_validation(data_dir: str | Path | None = None) -> list[LampQuery]:
-    """The LaMP-7 validation queries with their golds. For validation only."""
-    queries = []
-    for example in _lamp7(data_dir):
-        profile = _clean_profile(example.profile_texts)
-        if profile:
-            queries.append(LampQuery(example.id, example.input, profile, example.gold))
-    return queries
+def load_lamp7_validation(data_dir: str | Path | None = None) -> list[LampExample]:
+    """The LaMP-7 queries whose profile holds at least one item, with their golds. For
+    validation only."""
+    return [example for example in _lamp7(data_dir) if clean_profile(example.profile_texts)]
 
 
 def load_users(
