@@ -21,7 +21,7 @@ from curp_chain.eval.harness import EvalConfig, ResultCache, run_eval
 from curp_chain.eval.lamp import LAMP7_INSTRUCTION, LampDataError, load_lamp, source_text
 from curp_chain.eval.methods import MethodSettings, Resources, bm25_ranking, parse_methods
 from curp_chain.eval.metrics import clean_reply, rouge
-from curp_chain.eval.report import markdown_table, results_json
+from curp_chain.eval.report import markdown_table, paired_table, results_json
 from curp_chain.training.initialize import write_untrained_checkpoint
 
 RESULT_KEYS = {"rouge1", "rougeL", "gold_nll", "prompt_tokens", "ttft_ms", "tokens_per_s", "n"}
@@ -261,6 +261,13 @@ def test_end_to_end_results_plot_and_resume(
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = markdown_table(run.records)
     assert table.count("\n") == 4 and "| curp | 2 |" in table
+    paired = paired_table(run.records).splitlines()
+    assert [line.split(" | ")[:2] for line in paired[2:]] == [["| copy", "2"], ["| none", "2"]]
+    gaps = [
+        (c.gold_nll or 0.0) - (n.gold_nll or 0.0) for c, n in zip(curp_rows, none_rows, strict=True)
+    ]
+    assert f"{sum(gaps) / 2:+.4f}" in paired[3]
+    assert paired[2].endswith("| – |")  # copy has no gold loss to compare
 
     # A complete rerun generates nothing; the cache files hold one line per (method, user).
     again = run_eval(_config(tmp_path, "copy,none,curp"), progress=False)

@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from curp_chain.eval.lamp import LampExample, load_lamp
     from curp_chain.eval.methods import METHODS, MethodSettings
     from curp_chain.eval.metrics import clean_reply, rouge
-    from curp_chain.eval.report import markdown_table, plot, results_json, write_results
+    from curp_chain.eval.report import (
+        markdown_table,
+        paired_table,
+        plot,
+        results_json,
+        write_results,
+    )
 
 _HOMES = {
     "EvalConfig": "harness",
@@ -29,6 +35,7 @@ _HOMES = {
     "clean_reply": "metrics",
     "rouge": "metrics",
     "markdown_table": "report",
+    "paired_table": "report",
     "plot": "report",
     "results_json": "report",
     "write_results": "report",
@@ -47,6 +54,7 @@ __all__ = [
     "clean_reply",
     "load_lamp",
     "markdown_table",
+    "paired_table",
     "plot",
     "results_json",
     "rouge",

@@ -55,10 +55,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_eval_lamp7(args: argparse.Namespace) -> int:
     from curp_chain.eval.harness import run_eval
-    from curp_chain.eval.report import markdown_table, plot, write_results
+    from curp_chain.eval.report import markdown_table, paired_table, plot, write_results
 
     run = run_eval(config_from_args(args), progress=not args.no_progress)
     print(markdown_table(run.records))
+    paired = paired_table(run.records)
+    if paired:
+        print("\nPaired over users (curp minus each method):\n\n" + paired)
     if run.checkpoint_trained is False:
         print("\nNote: the CURP checkpoint is untrained: curp rows are not personalized yet.")
     if args.json:

@@ -89,6 +89,31 @@ def markdown_table(records: Mapping[str, Sequence[Record]]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(records: Mapping[str, Sequence[Record]], reference: str = "curp") -> str:
+    """``reference`` against every other method on the users both ran: the mean per-user
+    difference (reference minus other) ± its 95% half-width. Pairing removes what users
+    share, so it separates methods that the per-method ± ranges cannot. Positive ROUGE and
+    negative gold NLL favour the reference. Empty when the reference did not run."""
+    if reference not in records:
+        return ""
+    ours = {r.user: r for r in records[reference]}
+    lines = [
+        f"| {reference} minus | users | ROUGE-1 | ROUGE-L | gold NLL |",
+        "|---|---|---|---|---|",
+    ]
+    for method, rows in records.items():
+        pairs = [(ours[r.user], r) for r in rows if r.user in ours]
+        if method == reference or not pairs:
+            continue
+        cells = [method, str(len(pairs))]
+        for field in ("rouge1", "rougeL", "gold_nll"):
+            values = [(getattr(a, field), getattr(b, field)) for a, b in pairs]
+            diffs = [a - b for a, b in values if a is not None and b is not None]
+            cells.append(f"{fmean(diffs):+.4f} ± {_half_width(diffs):.4f}" if diffs else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
     """ROUGE-1 and ROUGE-L against prompt tokens, one point per method; copy (no prompt)
     as a dashed floor."""
