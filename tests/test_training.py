@@ -288,6 +288,17 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             assert action.help, f"{stage.prog} {action.option_strings} has no help"
 
 
+def test_projector_options_that_cannot_work_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--out", str(tmp_path / "x")]
+    assert curp_main(["train", "projector", *out, "--task-init", "base"]) == 2
+    assert "add --task-only" in capsys.readouterr().err
+    assert curp_main(["train", "projector", *out, "--batch-size", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_config_file_sets_options_and_command_line_wins(tmp_path: Path) -> None:
     import argparse
 

@@ -599,6 +599,8 @@ def cmd_projector(args: argparse.Namespace) -> int:
     apply_config_file(args)
     if not args.validate_only and not args.out:
         raise CurpError("--out is required (the checkpoint folder to write)")
+    if args.task_init != "random" and not args.task_only:
+        raise CurpError("--task-init sets how a --task-only run starts; add --task-only")
     if not args.task_only and args.batch_size < 2:
         raise CurpError(
             "--batch-size must be at least 2: CURP's history offset is centred over the users "
