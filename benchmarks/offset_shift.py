@@ -33,7 +33,7 @@ from curp_chain.eval.methods import DEFAULT_TASK_CHECKPOINT
 from curp_chain.task_prompt import load_task_prompt
 from curp_chain.training.align import (
     SoftTokenSource,
-    _encode_examples,
+    encode_examples,
     pad_items,
     validate,
     validation_examples,
@@ -66,7 +66,7 @@ def main() -> None:
     def quantize(vectors: torch.Tensor) -> torch.Tensor:
         return quantizer.decode(quantizer.encode(vectors))
 
-    encoded = _encode_examples(
+    encoded = encode_examples(
         examples, cache, quantize, style_dim=model.config.style_dim, progress=True
     )
     scored, reference = slice(0, args.users), slice(args.users, None)

@@ -551,7 +551,7 @@ def _epoch_order(n: int, seed: int) -> list[int]:
 # --- the stage ---------------------------------------------------------------------------------
 
 
-def _encode_examples(
+def encode_examples(
     examples: Sequence[Example],
     cache: Any,
     quantize: Callable[[Tensor], Tensor] | None,
@@ -559,6 +559,8 @@ def _encode_examples(
     style_dim: int,
     progress: bool,
 ) -> list[Encoded]:
+    """Each example's history items (quantized when ``quantize`` is given) and query vector,
+    with style features; every distinct text is encoded once."""
     texts = list(dict.fromkeys(t for e in examples for t in e.history))
     vectors = with_style(cache.get(texts, progress=progress), texts, style_dim)
     if quantize is not None:
@@ -673,7 +675,7 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
         queries = queries[: int(options["final_val_users"])]
     val_examples = validation_examples(queries, max_history=max_history)
     val_encoded = (
-        _encode_examples(
+        encode_examples(
             val_examples, cache, quantize, style_dim=user_model.config.style_dim, progress=main
         )
         if user_model is not None
@@ -763,7 +765,7 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
             len(accepted),
         )
     encoded = (
-        _encode_examples(
+        encode_examples(
             examples, cache, quantize, style_dim=user_model.config.style_dim, progress=main
         )
         if user_model is not None and not task_only
