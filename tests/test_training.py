@@ -294,6 +294,9 @@ def test_projector_options_that_cannot_work_are_refused(
     out = ["--out", str(tmp_path / "x")]
     assert curp_main(["train", "projector", *out, "--task-init", "base"]) == 2
     assert "add --task-only" in capsys.readouterr().err
+    both = ["--task-only", "--task-init", "base", "--start-prompt", str(tmp_path / "task")]
+    assert curp_main(["train", "projector", *out, *both]) == 2
+    assert "pick one" in capsys.readouterr().err
     assert curp_main(["train", "projector", *out, "--batch-size", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -336,7 +339,7 @@ def test_config_file_sets_options_and_command_line_wins(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HAVE_MODELS, reason="bundled models or accelerate not installed")
 def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     from curp_chain.checkpoint import load_checkpoint
-    from curp_chain.task_prompt import load_task_prompt
+    from curp_chain.task_prompt import TaskPrompt, load_task_prompt, save_task_prompt
     from curp_chain.training.data import load_pan, user_order
 
     cache_dir = tmp_path / "cache"
@@ -501,6 +504,25 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
     # random start at the soft-token scale (rms 0.13) would be about 100 times farther.
     start = load_checkpoint(codebook).projector.base
     assert (prompt.vectors - start).abs().max().item() < 3e-3
+
+    # CURP started from a task prompt (random vectors here, far from the codebook
+    # checkpoint's base): its base is that prompt, moved by two warm-up steps.
+    other_prompt = TaskPrompt(prompt.config)
+    save_task_prompt(other_prompt, tmp_path / "other-prompt")
+    on_task = tmp_path / "on-task"
+    short = [
+        *("train", "projector", *common, "--start-prompt", str(tmp_path / "other-prompt")),
+        *("--max-examples", "2", "--batch-size", "2", "--max-steps", "2", "--val-every", "0"),
+        *("--samples", "0", "--final-val-users", "2", "--val-batch-size", "2"),
+        *("--cleanup-fraction", "0"),
+    ]
+    assert curp_main([*short, "--init", str(codebook), "--out", str(on_task)]) == 0
+    base = load_checkpoint(on_task).projector.base
+    assert (base - other_prompt.vectors).abs().max().item() < 3e-3
+    assert (base - start).abs().max().item() > 0.1
+    # A trained checkpoint's offset was learned around its own base: refused.
+    assert curp_main([*short, "--init", str(out), "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()
 
 
 def test_user_margin_loss_is_a_differentiable_hinge(hf_backend) -> None:  # type: ignore[no-untyped-def]

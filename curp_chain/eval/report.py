@@ -127,6 +127,15 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
     summaries = results_json(records)
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for axis, metric, label in zip(axes, ("rouge1", "rougeL"), ("ROUGE-1", "ROUGE-L"), strict=True):
+        # Methods of the same prompt size (curp, task and the curp ablations) often score
+        # nearly alike: their labels are stacked, best first, instead of printed over each other.
+        beside: dict[int, int] = {}
+        by_score = sorted(summaries.items(), key=lambda item: -float(item[1][metric] or 0.0))
+        label_rows = {}
+        for method, s in by_score:
+            column = round(float(s["prompt_tokens"] or 0.0))
+            label_rows[method] = beside.get(column, 0)
+            beside[column] = label_rows[method] + 1
         for method, s in summaries.items():
             if s["prompt_tokens"] == 0:
                 axis.axhline(s[metric], linestyle="--", color="grey", linewidth=1)
@@ -141,7 +150,11 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
                 continue
             axis.scatter(s["prompt_tokens"], s[metric], s=36)
             axis.annotate(
-                method, (s["prompt_tokens"], s[metric]), xytext=(4, 4), textcoords="offset points"
+                method,
+                (s["prompt_tokens"], s[metric]),
+                xytext=(6, 4 - 11 * label_rows[method]),
+                textcoords="offset points",
+                fontsize=9,
             )
         axis.set_xlabel("prompt tokens per request (text + soft)")
         axis.set_ylabel(f"{label} F1")

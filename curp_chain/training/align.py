@@ -573,6 +573,21 @@ def encode_examples(
     ]
 
 
+def starting_prompt(folder: str | Path, num_tokens: int, hidden_size: int) -> Tensor:
+    """The vectors (T, H) of the task-only checkpoint in ``folder``, checked to fit a run
+    with ``num_tokens`` soft tokens of ``hidden_size``."""
+    from curp_chain.errors import CurpError
+    from curp_chain.task_prompt import load_task_prompt
+
+    vectors = load_task_prompt(folder).vectors.detach()
+    if tuple(vectors.shape) != (num_tokens, hidden_size):
+        raise CurpError(
+            f"--start-prompt {folder} holds {vectors.shape[0]} soft tokens of width "
+            f"{vectors.shape[1]}; this run needs {num_tokens} of width {hidden_size}"
+        )
+    return vectors
+
+
 def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
     """Train (or, with ``validate_only``, only validate) per the `curp train projector`
     options; writes the checkpoint to ``out`` and returns a summary for provenance."""
@@ -618,10 +633,13 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
     llm_parameters = sum(p.numel() for p in lm.model.parameters())
     max_history = user_model.config.max_history_items if user_model else int(options["max_history"])
 
+    tokens = user_model.config.num_soft_tokens if user_model else int(options["num_soft_tokens"])
+    start_prompt = (
+        starting_prompt(options["start_prompt"], tokens, lm.hidden_size)
+        if options.get("start_prompt")
+        else None
+    )
     if task_only:
-        tokens = (
-            user_model.config.num_soft_tokens if user_model else int(options["num_soft_tokens"])
-        )
         torch.manual_seed(seed)
         task_prompt = TaskPrompt(
             TaskPromptConfig(
@@ -636,6 +654,9 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
                 raise CurpError("--task-init base starts from the --init checkpoint: pass --init")
             with torch.no_grad():
                 task_prompt.vectors.copy_(user_model.projector.base)
+        if start_prompt is not None:
+            with torch.no_grad():
+                task_prompt.vectors.copy_(start_prompt)
         module: nn.Module = task_prompt
     else:
         assert user_model is not None
@@ -644,6 +665,15 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
                 f"the --init checkpoint makes {user_model.config.llm_hidden_size}-d soft tokens; "
                 f"the LLM's hidden size is {lm.hidden_size}"
             )
+        if start_prompt is not None:
+            if user_model.config.trained:
+                raise CurpError(
+                    "--start-prompt replaces the base prompt of an untrained checkpoint (the one "
+                    "`curp train codebook` writes); a trained checkpoint's history offset was "
+                    "learned around its own base"
+                )
+            with torch.no_grad():
+                user_model.projector.base.copy_(start_prompt)
         module = user_model.train()
         user_model.quantizer.requires_grad_(bool(options["train_codebook"]))
     source = SoftTokenSource(

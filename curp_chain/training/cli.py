@@ -416,6 +416,15 @@ def _add_projector(stages: Any) -> None:
         "CURP start from the same prompt and differ only in the user information",
     )
     parser.add_argument(
+        "--start-prompt",
+        default=None,
+        help="a task-only checkpoint to start from: with --task-only the baseline goes on "
+        "training it; otherwise it becomes the base prompt of the untrained --init "
+        "checkpoint, so CURP starts from exactly that prompt (the history offset starts at "
+        "zero). Running both from one task prompt, on the same examples and budget, "
+        "measures what the user information adds on top of it",
+    )
+    parser.add_argument(
         "--validate-only",
         action="store_true",
         help="only validate --init (and --task-prompt) on the LaMP-7 users",
@@ -601,6 +610,8 @@ def cmd_projector(args: argparse.Namespace) -> int:
         raise CurpError("--out is required (the checkpoint folder to write)")
     if args.task_init != "random" and not args.task_only:
         raise CurpError("--task-init sets how a --task-only run starts; add --task-only")
+    if args.task_init != "random" and args.start_prompt:
+        raise CurpError("--task-init and --start-prompt both set the starting prompt; pick one")
     if not args.task_only and args.batch_size < 2:
         raise CurpError(
             "--batch-size must be at least 2: CURP's history offset is centred over the users "
