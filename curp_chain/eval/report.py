@@ -129,13 +129,13 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
     for axis, metric, label in zip(axes, ("rouge1", "rougeL"), ("ROUGE-1", "ROUGE-L"), strict=True):
         # Methods of the same prompt size (curp, task and the curp ablations) often score
         # nearly alike: their labels are stacked, best first, instead of printed over each other.
-        beside: dict[int, int] = {}
+        labels_in_column: dict[int, int] = {}
+        label_rows: dict[str, int] = {}
         by_score = sorted(summaries.items(), key=lambda item: -float(item[1][metric] or 0.0))
-        label_rows = {}
         for method, s in by_score:
             column = round(float(s["prompt_tokens"] or 0.0))
-            label_rows[method] = beside.get(column, 0)
-            beside[column] = label_rows[method] + 1
+            label_rows[method] = labels_in_column.get(column, 0)
+            labels_in_column[column] = label_rows[method] + 1
         for method, s in summaries.items():
             if s["prompt_tokens"] == 0:
                 axis.axhline(s[metric], linestyle="--", color="grey", linewidth=1)

@@ -684,7 +684,11 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
     )
     source.to(accelerator.device)
 
-    encoder = SentenceEncoder(encoder_id=user_model.config.encoder_id if user_model else None)
+    # The encoder runs where the LLM trains: on a GPU, new texts are encoded in seconds.
+    encoder = SentenceEncoder(
+        encoder_id=user_model.config.encoder_id if user_model else None,
+        device=str(accelerator.device),
+    )
     cache = EmbeddingCache(
         embedding_cache_path(options["cache_dir"] or default_cache_dir(), encoder.encoder_id),
         encoder,

@@ -347,7 +347,9 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
         codebook_size=options["codebook_size"],
         max_history_items=options["max_history"],
     )
-    encoder = SentenceEncoder(encoder_id=config.encoder_id)
+    encoder = SentenceEncoder(
+        encoder_id=config.encoder_id, device="cuda" if torch.cuda.is_available() else "cpu"
+    )
     cache_dir = Path(options["cache_dir"] or default_cache_dir())
     cache = EmbeddingCache(embedding_cache_path(cache_dir, config.encoder_id), encoder)
 
