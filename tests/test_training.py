@@ -111,6 +111,26 @@ def test_source_cache_resumes_and_skips_partial_lines(tmp_path: Path) -> None:
     assert reopened.records[text_key(tweet)]["generator"] == "test"
 
 
+@pytest.mark.skipif(not HAVE_MODELS, reason="bundled models not installed")
+def test_embedding_caches_of_two_runs_share_one_file(tmp_path: Path) -> None:
+    from curp_chain.encoder import SentenceEncoder
+    from curp_chain.training.codebook import EmbeddingCache
+
+    path = tmp_path / "embeddings.safetensors"
+    encoder = SentenceEncoder()
+    first, second = EmbeddingCache(path, encoder), EmbeddingCache(path, encoder)
+    a = first.get(["a tweet about the weather today"])
+    second.get(["another tweet, about football"])
+    # Each writer replaced the file whole; no temporary file is left behind.
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    reopened = EmbeddingCache(path, encoder)
+    assert len(reopened) == 1
+    assert reopened.get(["another tweet, about football"]).shape == (1, 384)
+    # The first run's text was lost to the second writer; asking again encodes it again.
+    assert torch.allclose(reopened.get(["a tweet about the weather today"]), a, atol=1e-6)
+    assert len(EmbeddingCache(path, encoder)) == 2
+
+
 def test_cleanup_variant_normalises() -> None:
     variant = cleanup_variant("omg u r sooooo funny lol #jokes 😂")
     assert variant == "Oh my god you are so funny jokes"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class EmbeddingCache:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = torch.tensor(list(self._rows), dtype=torch.long)
-        tmp = self.path.with_suffix(".tmp")
+        # One temporary file per process: two runs that share a cache (a CURP run and its
+        # task-only baseline side by side) each replace the file whole, never half-written.
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         save_file({"keys": keys, "vectors": self._vectors.contiguous()}, str(tmp))
         tmp.replace(self.path)
 
