@@ -217,6 +217,23 @@ def _config(tmp_path: Path, methods: str, **overrides: object) -> EvalConfig:
     return EvalConfig.model_validate(options)
 
 
+def test_plot_labels_of_one_prompt_size_are_stacked_best_first() -> None:
+    from curp_chain.eval.report import _label_rows
+
+    def summary(tokens: float, rouge1: float, nll: float | None) -> dict[str, Any]:
+        return {"prompt_tokens": tokens, "rouge1": rouge1, "gold_nll": nll}
+
+    summaries = {
+        "copy": summary(0.0, 0.48, None),
+        "curp": summary(79.9, 0.44, 3.30),
+        "task": summary(79.9, 0.45, 3.35),
+        "rag": summary(214.6, 0.33, 3.54),
+    }
+    assert _label_rows(summaries, "rouge1") == {"task": 0, "curp": 1, "copy": 0, "rag": 0}
+    # Lower is better for the loss; copy has none and gets no label.
+    assert _label_rows(summaries, "gold_nll") == {"curp": 0, "task": 1, "rag": 0}
+
+
 @pytest.mark.slow
 @needs_llama
 def test_end_to_end_results_plot_and_resume(

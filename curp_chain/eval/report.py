@@ -114,9 +114,25 @@ def paired_table(records: Mapping[str, Sequence[Record]], reference: str = "curp
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def _label_rows(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, int]:
+    """How far down each method's label goes: methods of the same prompt size (curp, task and
+    the curp ablations) often score nearly alike, so their labels are stacked, best first,
+    instead of printed over each other."""
+    higher_is_better = metric != "gold_nll"
+    scored = [(m, s) for m, s in summaries.items() if s[metric] is not None]
+    by_score = sorted(scored, key=lambda item: float(item[1][metric]), reverse=higher_is_better)
+    labels_in_column: dict[int, int] = {}
+    rows: dict[str, int] = {}
+    for method, summary in by_score:
+        column = round(float(summary["prompt_tokens"] or 0.0))
+        rows[method] = labels_in_column.get(column, 0)
+        labels_in_column[column] = rows[method] + 1
+    return rows
+
+
 def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
-    """ROUGE-1 and ROUGE-L against prompt tokens, one point per method; copy (no prompt)
-    as a dashed floor."""
+    """ROUGE-1, ROUGE-L and the gold reply's per-token loss against prompt tokens, one point
+    per method (the same colour in every panel); copy (no prompt) as a dashed floor."""
     try:
         import matplotlib
 
@@ -125,18 +141,18 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
     except ImportError:
         raise MissingDependencyError(f"--plot needs matplotlib; run: {EVAL_INSTALL}") from None
     summaries = results_json(records)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
-    for axis, metric, label in zip(axes, ("rouge1", "rougeL"), ("ROUGE-1", "ROUGE-L"), strict=True):
-        # Methods of the same prompt size (curp, task and the curp ablations) often score
-        # nearly alike: their labels are stacked, best first, instead of printed over each other.
-        labels_in_column: dict[int, int] = {}
-        label_rows: dict[str, int] = {}
-        by_score = sorted(summaries.items(), key=lambda item: -float(item[1][metric] or 0.0))
-        for method, s in by_score:
-            column = round(float(s["prompt_tokens"] or 0.0))
-            label_rows[method] = labels_in_column.get(column, 0)
-            labels_in_column[column] = label_rows[method] + 1
+    colours = {method: f"C{i}" for i, method in enumerate(summaries)}
+    panels = (
+        ("rouge1", "ROUGE-1 F1 (higher is better)"),
+        ("rougeL", "ROUGE-L F1 (higher is better)"),
+        ("gold_nll", "gold reply's loss per token (lower is better)"),
+    )
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.4), constrained_layout=True)
+    for axis, (metric, label) in zip(axes, panels, strict=True):
+        label_rows = _label_rows(summaries, metric)
         for method, s in summaries.items():
+            if s[metric] is None:  # copy has no gold loss
+                continue
             if s["prompt_tokens"] == 0:
                 axis.axhline(s[metric], linestyle="--", color="grey", linewidth=1)
                 axis.annotate(
@@ -148,7 +164,7 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
                     color="grey",
                 )
                 continue
-            axis.scatter(s["prompt_tokens"], s[metric], s=36)
+            axis.scatter(s["prompt_tokens"], s[metric], s=36, color=colours[method])
             axis.annotate(
                 method,
                 (s["prompt_tokens"], s[metric]),
@@ -157,7 +173,7 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
                 fontsize=9,
             )
         axis.set_xlabel("prompt tokens per request (text + soft)")
-        axis.set_ylabel(f"{label} F1")
+        axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     n = max((s["n"] for s in summaries.values()), default=0)
     figure.suptitle(f"LaMP-7: quality against prompt size ({n} users)")
