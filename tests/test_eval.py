@@ -217,21 +217,23 @@ def _config(tmp_path: Path, methods: str, **overrides: object) -> EvalConfig:
     return EvalConfig.model_validate(options)
 
 
-def test_plot_labels_of_one_prompt_size_are_stacked_best_first() -> None:
-    from curp_chain.eval.report import _label_rows
-
-    def summary(tokens: float, rouge1: float, nll: float | None) -> dict[str, Any]:
-        return {"prompt_tokens": tokens, "rouge1": rouge1, "gold_nll": nll}
+def test_plot_spreads_methods_of_one_prompt_size_sideways() -> None:
+    from curp_chain.eval.report import _sideways_offsets
 
     summaries = {
-        "copy": summary(0.0, 0.48, None),
-        "curp": summary(79.9, 0.44, 3.30),
-        "task": summary(79.9, 0.45, 3.35),
-        "rag": summary(214.6, 0.33, 3.54),
+        "copy": {"prompt_tokens": 0.0},
+        "curp": {"prompt_tokens": 79.9},
+        "task": {"prompt_tokens": 79.9},
+        "curp-noquery": {"prompt_tokens": 78.9},
+        "rag": {"prompt_tokens": 214.6},
     }
-    assert _label_rows(summaries, "rouge1") == {"task": 0, "curp": 1, "copy": 0, "rag": 0}
-    # Lower is better for the loss; copy has none and gets no label.
-    assert _label_rows(summaries, "gold_nll") == {"curp": 0, "task": 1, "rag": 0}
+    offsets = _sideways_offsets(summaries, step=4.0)
+    assert set(offsets) == {"curp", "task", "curp-noquery", "rag"}  # copy is the floor line
+    # The three soft-prompt methods (within 2 tokens of each other) sit 4 tokens apart around
+    # their mean size, 79.57; rag stays where it is.
+    placed = sorted(float(summaries[m]["prompt_tokens"]) + offsets[m] for m in offsets)
+    assert placed[:3] == pytest.approx([75.5667, 79.5667, 83.5667], abs=1e-3)
+    assert offsets["rag"] == 0.0
 
 
 @pytest.mark.slow

@@ -114,25 +114,33 @@ def paired_table(records: Mapping[str, Sequence[Record]], reference: str = "curp
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def _label_rows(summaries: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, int]:
-    """How far down each method's label goes: methods of the same prompt size (curp, task and
-    the curp ablations) often score nearly alike, so their labels are stacked, best first,
-    instead of printed over each other."""
-    higher_is_better = metric != "gold_nll"
-    scored = [(m, s) for m, s in summaries.items() if s[metric] is not None]
-    by_score = sorted(scored, key=lambda item: float(item[1][metric]), reverse=higher_is_better)
-    labels_in_column: dict[int, int] = {}
-    rows: dict[str, int] = {}
-    for method, summary in by_score:
-        column = round(float(summary["prompt_tokens"] or 0.0))
-        rows[method] = labels_in_column.get(column, 0)
-        labels_in_column[column] = rows[method] + 1
-    return rows
+def _sideways_offsets(summaries: Mapping[str, Mapping[str, Any]], step: float) -> dict[str, float]:
+    """Offsets along the prompt-token axis for methods of about one prompt size (curp, task
+    and the curp ablations, within half a ``step`` of each other), spread ``step`` apart
+    around the group's centre so that no point hides another."""
+    sized = sorted(
+        (float(summary["prompt_tokens"]), method)
+        for method, summary in summaries.items()
+        if summary["prompt_tokens"]
+    )
+    groups: list[list[tuple[float, str]]] = []
+    for tokens, method in sized:
+        if groups and tokens - groups[-1][-1][0] <= step / 2:
+            groups[-1].append((tokens, method))
+        else:
+            groups.append([(tokens, method)])
+    offsets: dict[str, float] = {}
+    for group in groups:
+        centre = sum(tokens for tokens, _ in group) / len(group)
+        for i, (tokens, method) in enumerate(group):
+            offsets[method] = centre + step * (i - (len(group) - 1) / 2) - tokens
+    return offsets
 
 
 def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
     """ROUGE-1, ROUGE-L and the gold reply's per-token loss against prompt tokens, one point
-    per method (the same colour in every panel); copy (no prompt) as a dashed floor."""
+    per method (one colour per method, named in the legend); copy (no prompt) as a dashed
+    floor."""
     try:
         import matplotlib
 
@@ -142,14 +150,15 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
         raise MissingDependencyError(f"--plot needs matplotlib; run: {EVAL_INSTALL}") from None
     summaries = results_json(records)
     colours = {method: f"C{i}" for i, method in enumerate(summaries)}
+    widest = max((float(s["prompt_tokens"] or 0.0) for s in summaries.values()), default=0.0)
+    offsets = _sideways_offsets(summaries, step=0.012 * widest)
     panels = (
         ("rouge1", "ROUGE-1 F1 (higher is better)"),
         ("rougeL", "ROUGE-L F1 (higher is better)"),
         ("gold_nll", "gold reply's loss per token (lower is better)"),
     )
-    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.4), constrained_layout=True)
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.6), constrained_layout=True)
     for axis, (metric, label) in zip(axes, panels, strict=True):
-        label_rows = _label_rows(summaries, metric)
         for method, s in summaries.items():
             if s[metric] is None:  # copy has no gold loss
                 continue
@@ -164,19 +173,18 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
                     color="grey",
                 )
                 continue
-            axis.scatter(s["prompt_tokens"], s[metric], s=36, color=colours[method])
-            axis.annotate(
-                method,
-                (s["prompt_tokens"], s[metric]),
-                xytext=(6, 4 - 11 * label_rows[method]),
-                textcoords="offset points",
-                fontsize=9,
-            )
+            x = float(s["prompt_tokens"]) + offsets[method]
+            axis.scatter(x, s[metric], s=36, color=colours[method], label=method)
         axis.set_xlabel("prompt tokens per request (text + soft)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside right center", frameon=False)
     n = max((s["n"] for s in summaries.values()), default=0)
-    figure.suptitle(f"LaMP-7: quality against prompt size ({n} users)")
+    figure.suptitle(
+        f"LaMP-7: quality against prompt size ({n} users; "
+        "methods of one prompt size are spread sideways)"
+    )
     out = Path(path)
     figure.savefig(out, dpi=120)
     plt.close(figure)
