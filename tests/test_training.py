@@ -119,7 +119,7 @@ def test_embedding_caches_of_two_runs_share_one_file(tmp_path: Path) -> None:
     path = tmp_path / "embeddings.safetensors"
     encoder = SentenceEncoder()
     first, second = EmbeddingCache(path, encoder), EmbeddingCache(path, encoder)
-    a = first.get(["a tweet about the weather today"])
+    weather = first.get(["a tweet about the weather today"])
     second.get(["another tweet, about football"])
     # Each writer replaced the file whole; no temporary file is left behind.
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
@@ -127,7 +127,7 @@ def test_embedding_caches_of_two_runs_share_one_file(tmp_path: Path) -> None:
     assert len(reopened) == 1
     assert reopened.get(["another tweet, about football"]).shape == (1, 384)
     # The first run's text was lost to the second writer; asking again encodes it again.
-    assert torch.allclose(reopened.get(["a tweet about the weather today"]), a, atol=1e-6)
+    assert torch.allclose(reopened.get(["a tweet about the weather today"]), weather, atol=1e-6)
     assert len(EmbeddingCache(path, encoder)) == 2
 
 
