@@ -28,7 +28,26 @@ from curp_chain.errors import CurpError
 from curp_chain.history import HistoryItem, NewHistoryItem
 from curp_chain.personalizer import Personalization, Personalizer
 from curp_chain.prompt import ChatTurn, Role, build_soft_prompt
-from curp_chain.protocols import GenerationParams, HistoryStore, SoftPromptBackend
+from curp_chain.protocols import (
+    GenerationParams,
+    HistoryStore,
+    SoftPromptBackend,
+    TokenLogprob,
+)
+
+
+def logprobs_metadata(logprobs: Sequence[TokenLogprob]) -> dict[str, list[dict[str, Any]]]:
+    """Token log-probabilities in the shape OpenAI-compatible chat models report them."""
+    return {
+        "content": [
+            {
+                "token": entry.token,
+                "logprob": entry.logprob,
+                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in entry.top],
+            }
+            for entry in logprobs
+        ]
+    }
 
 
 def _text_of(message: BaseMessage) -> str:
@@ -111,6 +130,12 @@ class CurpChatModel(BaseChatModel):
 
     Token usage:
         ``reply.usage_metadata`` counts soft tokens among the input tokens.
+
+    Logprobs:
+        .. code-block:: python
+
+            reply = model.invoke("Plans?", user_id="alice", logprobs=True, top_logprobs=3)
+            reply.response_metadata["logprobs"]["content"][0]  # token, logprob, top_logprobs
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
@@ -140,6 +165,10 @@ class CurpChatModel(BaseChatModel):
     no_repeat_ngram_size: int = Field(default=4, ge=0)
     """Blocks repeating any n-gram of the reply; small models loop without it. 0 disables."""
     seed: int | None = None
+    logprobs: bool = False
+    """Report each reply token's log-probability in ``response_metadata["logprobs"]``."""
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+    """With ``logprobs``: also report this many likeliest tokens at each position."""
     timeout: float | None = None
     """Accepted for LangChain compatibility; local generation has no network timeout."""
     max_retries: int = 0
@@ -241,6 +270,8 @@ class CurpChatModel(BaseChatModel):
             stop=tuple(stop or self.stop or ()),
             no_repeat_ngram_size=int(kwargs.get("no_repeat_ngram_size", self.no_repeat_ngram_size)),
             seed=kwargs.get("seed", self.seed),
+            logprobs=bool(kwargs.get("logprobs", self.logprobs)),
+            top_logprobs=int(kwargs.get("top_logprobs", self.top_logprobs)),
         )
 
     def _check_checkpoint(self, backend: SoftPromptBackend, personalizer: Personalizer) -> None:
@@ -274,6 +305,9 @@ class CurpChatModel(BaseChatModel):
                 chunk = self._final_chunk(
                     piece.text, piece.finish_reason, piece.usage, personalization, backend, kwargs
                 )
+            if params.logprobs:
+                # Lists in response_metadata concatenate when chunks are added together.
+                chunk.message.response_metadata["logprobs"] = logprobs_metadata(piece.logprobs)
             if run_manager and chunk.text:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk

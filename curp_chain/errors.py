@@ -31,6 +31,10 @@ class ContextLengthError(CurpError, ValueError):
     """A prompt (text plus soft tokens) does not fit the model's context window."""
 
 
+class InvalidGenerationParamsError(CurpError, ValueError):
+    """A generation setting was out of range or contradicted another."""
+
+
 class MissingDependencyError(CurpError, ImportError):
     """An optional package is needed for this feature; the message names the install command."""
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from curp_chain.protocols import GenerationChunk, GenerationParams
+from curp_chain.protocols import GenerationChunk, GenerationParams, TokenLogprob
 
 Logits = npt.NDArray[np.float32]
 
@@ -60,6 +60,23 @@ class TokenSampler:
         return int(self.rng.choice(len(probs), p=probs))
 
 
+def token_logprob(
+    logits: Logits, token: int, top: int, detokenize: Callable[[list[int]], str]
+) -> TokenLogprob:
+    """``token``'s log-probability under ``logits`` and the ``top`` likeliest tokens."""
+    scores = logits.astype(np.float64)
+    shifted = scores - scores.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    top = min(top, len(logprobs))
+    best = np.argpartition(-logprobs, top - 1)[:top] if top else np.array([], dtype=np.int64)
+    best = best[np.argsort(-logprobs[best], kind="stable")]
+    return TokenLogprob(
+        detokenize([token]),
+        float(logprobs[token]),
+        tuple((detokenize([int(t)]), float(logprobs[t])) for t in best),
+    )
+
+
 def find_stop(text: str, stops: Sequence[str]) -> tuple[int, int]:
     """(index of the earliest complete stop, length of the longest stop prefix at the end).
 
@@ -98,11 +115,14 @@ def decode_loop(
     logits = first_logits
     finish = "length"
     text = ""
+    pending: list[TokenLogprob] = []  # reported with the next chunk that carries text
     while len(generated) < max_new_tokens:
         token = sampler.choose(logits, generated)
         if is_end_of_turn(token):
             finish = "stop"
             break
+        if params.logprobs:
+            pending.append(token_logprob(logits, token, params.top_logprobs, detokenize))
         generated.append(token)
         text = detokenize(generated)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its rest
@@ -116,8 +136,8 @@ def decode_loop(
             break
         ready = len(text) - hold
         if ready > emitted:
-            yield GenerationChunk(text[emitted:ready], token_ids=(token,))
-            emitted = ready
+            yield GenerationChunk(text[emitted:ready], token_ids=(token,), logprobs=tuple(pending))
+            emitted, pending = ready, []
         if len(generated) < max_new_tokens:
             logits = feed(token)
     usage = {
@@ -125,4 +145,6 @@ def decode_loop(
         "output_tokens": len(generated),
         "soft_tokens": soft_tokens,
     }
-    yield GenerationChunk(text[emitted:], finish_reason=finish, usage=usage)
+    yield GenerationChunk(
+        text[emitted:], finish_reason=finish, usage=usage, logprobs=tuple(pending)
+    )

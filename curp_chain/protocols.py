@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from curp_chain.errors import InvalidGenerationParamsError
 from curp_chain.history import HistoryItem, NewHistoryItem, UserCodes, UserSummary
 
 
@@ -82,6 +83,29 @@ class GenerationParams:
     no_repeat_ngram_size: int = 4
     """Block any n-gram of this size from repeating (0 disables); small models loop without it."""
     seed: int | None = None
+    logprobs: bool = False
+    """Report each generated token's log-probability under the model (before sampling
+    settings and n-gram blocking change the distribution)."""
+    top_logprobs: int = 0
+    """With ``logprobs``: also report this many most likely tokens at each position."""
+
+    def __post_init__(self) -> None:
+        if self.top_logprobs < 0:
+            raise InvalidGenerationParamsError(
+                f"top_logprobs must be 0 or more, not {self.top_logprobs}"
+            )
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidGenerationParamsError("top_logprobs needs logprobs=True")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token, its log-probability and, when asked for, the likeliest tokens
+    at its position (text, log-probability), most likely first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +118,8 @@ class GenerationChunk:
     """Set on the last chunk: "stop" (end of turn or a stop sequence) or "length"."""
     usage: Mapping[str, int] = field(default_factory=dict)
     """Set on the last chunk: input_tokens (text + soft), output_tokens, soft_tokens."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """With ``GenerationParams.logprobs``: the tokens generated since the previous chunk."""
 
 
 @runtime_checkable

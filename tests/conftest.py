@@ -12,6 +12,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def seeded_torch() -> None:
+    """Every test starts from the same random state, whichever tests ran before it (a
+    benchmark runs a timing-dependent number of rounds)."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def curp_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("curp-home")

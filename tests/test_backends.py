@@ -124,3 +124,19 @@ def test_transformers_and_llamacpp_agree_on_the_same_soft_prompt(llama_backend, 
     # Quantized matmuls differ slightly; the first words of a greedy reply agree.
     first_words = lambda chunks: "".join(c.text for c in chunks).split()[:2]  # noqa: E731
     assert first_words(ours) == first_words(theirs)
+
+
+def test_logprobs_follow_every_generated_token(llama_backend, hf_backend) -> None:  # type: ignore[no-untyped-def]
+    prompt = soft_prompt(llama_backend, "Name a fruit.", random_soft(6))
+    params = GenerationParams(max_tokens=8, logprobs=True, top_logprobs=3, no_repeat_ngram_size=0)
+    first: list[float] = []
+    for backend in (llama_backend, hf_backend):
+        chunks = list(backend.stream(prompt, params))
+        entries = [entry for chunk in chunks for entry in chunk.logprobs]
+        assert len(entries) == chunks[-1].usage["output_tokens"]
+        for entry in entries:  # greedy: every chosen token is the likeliest one
+            assert len(entry.top) == 3 and entry.top[0] == (entry.token, entry.logprob)
+            assert entry.top[0][1] >= entry.top[1][1] >= entry.top[2][1]
+            assert entry.logprob <= 0.0
+        first.append(entries[0].logprob)
+    assert abs(first[0] - first[1]) < 0.1  # quantized and float matmuls score alike

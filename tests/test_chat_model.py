@@ -55,11 +55,13 @@ def test_two_users_get_different_soft_prompts(model: CurpChatModel) -> None:
 
 def test_different_soft_prompts_reach_the_llm(llama_backend, memory_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A fresh initialisation starts with the history offset at zero (every user gets the
-    # base prompt); randomising the offset's last layer makes soft tokens that differ a lot
+    # base prompt); randomising the offset's last layer makes soft tokens that differ
     # between users, so the runtime path is checked with such a model: each user's own soft
-    # tokens must shape their reply.
+    # tokens must shape the model's next-token distribution. (Greedy replies can still
+    # agree: a small model's likeliest words are often the same for both.)
     user_model = initial_model(CurpConfig(), seed=3)
-    torch.nn.init.normal_(user_model.projector.mlp[2].weight, std=0.05)
+    offset_layer = user_model.projector.mlp[2].weight
+    torch.nn.init.normal_(offset_layer, std=0.05, generator=torch.Generator().manual_seed(3))
     save_checkpoint(user_model, tmp_path / "init")
     model = CurpChatModel(
         backend=llama_backend,
@@ -69,8 +71,30 @@ def test_different_soft_prompts_reach_the_llm(llama_backend, memory_store, tmp_p
     )
     model.add_history("runner", RUNNER)
     model.add_history("reader", READER)
-    replies = {u: model.invoke(QUESTION, user_id=u).content for u in ("runner", "reader")}
-    assert replies["runner"] != replies["reader"]
+    first = {
+        user: model.invoke(
+            QUESTION, user_id=user, max_tokens=1, logprobs=True, top_logprobs=5
+        ).response_metadata["logprobs"]["content"][0]
+        for user in ("runner", "reader")
+    }
+    runner = {t["token"]: t["logprob"] for t in first["runner"]["top_logprobs"]}
+    reader = {t["token"]: t["logprob"] for t in first["reader"]["top_logprobs"]}
+    shared = runner.keys() & reader.keys()
+    assert runner.keys() != reader.keys() or max(abs(runner[t] - reader[t]) for t in shared) > 0.01
+
+
+def test_logprobs_cover_the_reply_in_invoke_and_stream(model: CurpChatModel) -> None:
+    bound = model.bind(user_id="runner", logprobs=True, top_logprobs=2)
+    invoked = bound.invoke(QUESTION)
+    entries = invoked.response_metadata["logprobs"]["content"]
+    assert len(entries) == invoked.usage_metadata["output_tokens"]  # type: ignore[index]
+    assert all(e["logprob"] <= 0 and len(e["top_logprobs"]) == 2 for e in entries)
+    streamed = None
+    for chunk in bound.stream(QUESTION):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed is not None
+    assert streamed.response_metadata["logprobs"]["content"] == entries
+    assert "logprobs" not in model.invoke(QUESTION, user_id="runner").response_metadata
 
 
 def test_a_user_sees_only_their_own_history(model: CurpChatModel) -> None:

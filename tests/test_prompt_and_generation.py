@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from curp_chain.errors import CurpError
-from curp_chain.generation import banned_by_ngrams, find_stop
+from curp_chain.errors import CurpError, InvalidGenerationParamsError
+from curp_chain.generation import banned_by_ngrams, find_stop, token_logprob
 from curp_chain.prompt import SOFT_MARKER, ChatTurn, build_soft_prompt, render_chat
+from curp_chain.protocols import GenerationParams
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -78,3 +79,21 @@ def test_find_stop_finds_the_earliest_stop_and_holds_partial_ones(
     assert 0 <= hold < max((len(s) for s in stops), default=1)
     if hold:
         assert any(text.endswith(s[:hold]) for s in stops)
+
+
+def test_token_logprob_is_the_log_softmax_with_the_likeliest_tokens_first() -> None:
+    logits = np.array([0.5, 3.0, -1.0, 2.0, 3.0], np.float32)
+    expected = logits - np.log(np.exp(logits.astype(np.float64)).sum())
+    entry = token_logprob(logits, 3, 3, lambda ids: f"<{ids[0]}>")
+    assert entry.token == "<3>" and entry.logprob == pytest.approx(expected[3])
+    assert [t for t, _ in entry.top] == ["<1>", "<4>", "<3>"]  # ties keep the lower id first
+    assert [lp for _, lp in entry.top] == pytest.approx(expected[[1, 4, 3]])
+    assert token_logprob(logits, 0, 0, str).top == ()
+    assert len(token_logprob(logits, 0, 99, str).top) == 5
+
+
+def test_top_logprobs_need_logprobs() -> None:
+    with pytest.raises(InvalidGenerationParamsError, match="logprobs=True"):
+        GenerationParams(top_logprobs=2)
+    with pytest.raises(InvalidGenerationParamsError, match="0 or more"):
+        GenerationParams(logprobs=True, top_logprobs=-1)
