@@ -69,6 +69,7 @@ def token_logprob(
     logprobs = shifted - np.log(np.exp(shifted).sum())
     top = min(top, len(logprobs))
     best = np.argpartition(-logprobs, top - 1)[:top] if top else np.array([], dtype=np.int64)
+    best = np.sort(best)  # equal log-probabilities: the lower token id first
     best = best[np.argsort(-logprobs[best], kind="stable")]
     return TokenLogprob(
         detokenize([token]),
