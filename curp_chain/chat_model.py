@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import (
     AIMessageChunk,
@@ -19,6 +20,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from curp_chain.checkpoint import DEFAULT_CHECKPOINT, check_compatible, load_checkpoint
@@ -33,6 +35,11 @@ from curp_chain.protocols import (
     HistoryStore,
     SoftPromptBackend,
     TokenLogprob,
+)
+from curp_chain.structured import (
+    StructuredOutputMethod,
+    schema_and_parser,
+    with_format_instruction,
 )
 
 
@@ -272,6 +279,44 @@ class CurpChatModel(BaseChatModel):
             seed=kwargs.get("seed", self.seed),
             logprobs=bool(kwargs.get("logprobs", self.logprobs)),
             top_logprobs=int(kwargs.get("top_logprobs", self.top_logprobs)),
+            json_schema=kwargs.get("json_schema"),
+        )
+
+    def with_structured_output(
+        self,
+        schema: Any = None,
+        *,
+        method: StructuredOutputMethod = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """A runnable whose replies are parsed into ``schema`` (a Pydantic class, a TypedDict
+        or a JSON Schema dict). Decoding is constrained by a grammar, so the reply always
+        matches the schema's structure (unless ``max_tokens`` cuts it short), and the system
+        message names the schema; the user's soft tokens personalize the reply as usual.
+
+        Choose the user per call (``.invoke(q, user_id=...)``) or bind it to the result
+        (``.with_structured_output(S).bind(user_id=...)``): LangChain drops a binding made
+        before ``with_structured_output``. ``strict`` is accepted for compatibility: the
+        grammar is always strict. With ``include_raw``, the runnable returns
+        ``{"raw", "parsed", "parsing_error"}``. Needs the llama.cpp backend.
+        """
+        if kwargs:
+            raise CurpError(f"unexpected arguments {sorted(kwargs)}")
+        json_schema, parser = schema_and_parser(schema, method)
+        llm = self.bind(json_schema=json_schema)
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        # The model comes first so that invoke(..., user_id=...) reaches it.
+        return (
+            llm
+            | RunnableMap(raw=RunnablePassthrough())
+            | parsed.with_fallbacks([failed], exception_key="parsing_error")
         )
 
     def _check_checkpoint(self, backend: SoftPromptBackend, personalizer: Personalizer) -> None:
@@ -290,6 +335,8 @@ class CurpChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         turns = to_chat_turns(messages)
         params = self._params(stop, kwargs)
+        if params.json_schema is not None:
+            turns = with_format_instruction(turns, params.json_schema)
         backend = self.get_backend()
         personalizer = self.get_personalizer()
         self._check_checkpoint(backend, personalizer)

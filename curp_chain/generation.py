@@ -8,6 +8,7 @@ sample and block repeats identically.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,8 @@ class TokenSampler:
         scores = logits.astype(np.float64, copy=True)
         for token in banned_by_ngrams(generated, self.params.no_repeat_ngram_size):
             scores[token] = -np.inf
+        if not np.isfinite(scores).any():  # a grammar allowed only repeats: allow them
+            scores = logits.astype(np.float64, copy=True)
         if self.params.temperature <= 0:
             return int(np.argmax(scores))
         scores = scores / self.params.temperature
@@ -78,6 +81,18 @@ def token_logprob(
     )
 
 
+class TokenConstraint(Protocol):
+    """Restricts which tokens may come next (a grammar); asked before every token."""
+
+    def allowed(self, logits: Logits) -> Logits:
+        """``logits`` with every token the constraint forbids set to -inf."""
+        ...
+
+    def accept(self, token: int) -> None:
+        """Advance past ``token``, which ``allowed`` permitted."""
+        ...
+
+
 def find_stop(text: str, stops: Sequence[str]) -> tuple[int, int]:
     """(index of the earliest complete stop, length of the longest stop prefix at the end).
 
@@ -108,6 +123,7 @@ def decode_loop(
     max_new_tokens: int,
     input_tokens: int,
     soft_tokens: int,
+    constraint: TokenConstraint | None = None,
 ) -> Iterator[GenerationChunk]:
     """Sample up to ``max_new_tokens`` tokens, streaming text as it becomes final."""
     sampler = TokenSampler(params)
@@ -118,10 +134,12 @@ def decode_loop(
     text = ""
     pending: list[TokenLogprob] = []  # reported with the next chunk that carries text
     while len(generated) < max_new_tokens:
-        token = sampler.choose(logits, generated)
+        token = sampler.choose(constraint.allowed(logits) if constraint else logits, generated)
         if is_end_of_turn(token):
             finish = "stop"
             break
+        if constraint:
+            constraint.accept(token)
         if params.logprobs:
             pending.append(token_logprob(logits, token, params.top_logprobs, detokenize))
         generated.append(token)

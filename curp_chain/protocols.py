@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +88,9 @@ class GenerationParams:
     settings and n-gram blocking change the distribution)."""
     top_logprobs: int = 0
     """With ``logprobs``: also report this many most likely tokens at each position."""
+    json_schema: Mapping[str, Any] | None = None
+    """Constrain the reply to JSON that this JSON Schema accepts (a grammar masks every token
+    that would break it)."""
 
     def __post_init__(self) -> None:
         if self.top_logprobs < 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,19 @@ def test_logprobs_follow_every_generated_token(llama_backend, hf_backend) -> Non
             assert entry.logprob <= 0.0
         first.append(entries[0].logprob)
     assert abs(first[0] - first[1]) < 0.1  # quantized and float matmuls score alike
+
+
+COLOUR = {
+    "type": "object",
+    "properties": {"colour": {"enum": ["red", "green", "blue"]}},
+    "required": ["colour"],
+}
+
+
+def test_a_json_schema_constrains_the_reply(llama_backend, hf_backend) -> None:  # type: ignore[no-untyped-def]
+    prompt = soft_prompt(llama_backend, "Tell me about the sea.", random_soft(7))
+    chunks = list(llama_backend.stream(prompt, GenerationParams(max_tokens=32, json_schema=COLOUR)))
+    assert chunks[-1].finish_reason == "stop"
+    assert json.loads("".join(c.text for c in chunks))["colour"] in ("red", "green", "blue")
+    with pytest.raises(BackendError, match="llama.cpp backend"):
+        reply(hf_backend, prompt, GenerationParams(json_schema=COLOUR))

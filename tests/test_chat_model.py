@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel
+from typing_extensions import TypedDict
 
 from curp_chain import CurpChatModel
 from curp_chain.checkpoint import save_checkpoint
 from curp_chain.config import CurpConfig
 from curp_chain.errors import (
     ContextLengthError,
+    CurpError,
     IncompatibleCheckpointError,
     InvalidHistoryItemError,
     InvalidUserIdError,
@@ -219,3 +222,53 @@ def test_concurrent_requests_on_an_in_memory_store(model: CurpChatModel) -> None
     with ThreadPoolExecutor(max_workers=4) as pool:
         found = list(pool.map(lambda u: model.get_personalizer().personalize(u, QUESTION), users))
     assert [p.history_items for p in found] == [4] * len(users)
+
+
+class Plan(BaseModel):
+    activity: str
+    hours: int
+
+
+class PlanDict(TypedDict):
+    activity: str
+    hours: int
+
+
+def test_structured_output_fills_a_pydantic_class_for_the_user(model: CurpChatModel) -> None:
+    structured = model.with_structured_output(Plan, include_raw=True)
+    result = structured.invoke(QUESTION, user_id="runner", max_tokens=64)
+    assert result["parsing_error"] is None and isinstance(result["parsed"], Plan)
+    curp = result["raw"].response_metadata["curp"]
+    assert curp["personalized"] is True and curp["soft_tokens"] == 5
+    bound = model.with_structured_output(Plan).bind(user_id="reader", max_tokens=64)
+    assert isinstance(bound.invoke(QUESTION), Plan)
+
+
+def test_structured_output_takes_typed_dicts_json_schemas_and_json_mode(
+    model: CurpChatModel,
+) -> None:
+    for schema in (PlanDict, Plan.model_json_schema()):
+        parsed = model.with_structured_output(schema).invoke(
+            QUESTION, user_id="runner", max_tokens=64
+        )
+        assert set(parsed) == {"activity", "hours"} and isinstance(parsed["hours"], int)
+    anything = model.with_structured_output(method="json_mode").invoke(
+        QUESTION, user_id="runner", max_tokens=64
+    )
+    assert isinstance(anything, dict)
+
+
+def test_a_structured_reply_cut_short_is_a_parsing_error(model: CurpChatModel) -> None:
+    structured = model.with_structured_output(Plan, include_raw=True)
+    result = structured.invoke(QUESTION, user_id="runner", max_tokens=3)
+    assert result["parsed"] is None and result["parsing_error"] is not None
+    assert result["raw"].response_metadata["finish_reason"] == "length"
+
+
+def test_structured_output_refuses_what_it_cannot_do(model: CurpChatModel) -> None:
+    with pytest.raises(CurpError, match="unknown structured-output method"):
+        model.with_structured_output(Plan, method="xml")  # type: ignore[arg-type]
+    with pytest.raises(CurpError, match="needs a schema"):
+        model.with_structured_output(None)
+    with pytest.raises(CurpError, match="cannot be turned into a grammar"):
+        model.invoke(QUESTION, user_id="runner", json_schema={"type": "nonsense"})

@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curp_chain.errors import CurpError, InvalidGenerationParamsError
-from curp_chain.generation import banned_by_ngrams, find_stop, token_logprob
+from curp_chain.generation import TokenSampler, banned_by_ngrams, find_stop, token_logprob
 from curp_chain.prompt import SOFT_MARKER, ChatTurn, build_soft_prompt, render_chat
 from curp_chain.protocols import GenerationParams
+from curp_chain.structured import with_format_instruction
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -97,3 +98,23 @@ def test_top_logprobs_need_logprobs() -> None:
         GenerationParams(top_logprobs=2)
     with pytest.raises(InvalidGenerationParamsError, match="0 or more"):
         GenerationParams(logprobs=True, top_logprobs=-1)
+
+
+def test_when_a_grammar_allows_only_a_repeat_the_repeat_is_taken() -> None:
+    logits = np.full(5, -np.inf, np.float32)
+    logits[3] = 0.0  # the only token a grammar allows
+    generated = [1, 2, 3, 1, 2]  # ... and it would repeat the 3-gram (1, 2, 3)
+    assert TokenSampler(GenerationParams(no_repeat_ngram_size=3)).choose(logits, generated) == 3
+
+
+def test_the_format_instruction_joins_the_system_message() -> None:
+    schema = {"type": "object"}
+    joined = with_format_instruction(
+        [ChatTurn("system", "Be brief."), ChatTurn("user", "q")], schema
+    )
+    assert [t.role for t in joined] == ["system", "user"]
+    assert (
+        joined[0].content.startswith("Be brief.\n\n") and '{"type":"object"}' in joined[0].content
+    )
+    added = with_format_instruction([ChatTurn("user", "q")], schema)
+    assert [t.role for t in added] == ["system", "user"]

@@ -150,6 +150,11 @@ class TransformersBackend:
 
     @torch.no_grad()
     def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
+        if params.json_schema is not None:
+            raise BackendError(
+                "replies constrained to a JSON Schema need llama.cpp's grammar engine; "
+                "use the llama.cpp backend (backend_kind='llamacpp')"
+            )
         before, after = self.tokenize(prompt.before), self.tokenize(prompt.after)
         soft = None
         if prompt.soft is not None and len(prompt.soft):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
 import threading
 import weakref
@@ -19,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from curp_chain.errors import BackendError, ContextLengthError, MissingDependencyError
+from curp_chain.errors import (
+    BackendError,
+    ContextLengthError,
+    InvalidGenerationParamsError,
+    MissingDependencyError,
+)
 from curp_chain.generation import Logits, decode_loop
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
 
@@ -80,6 +86,54 @@ class _NativeBatch:
         if self.batch is not None:
             self._lib.llama_batch_free(self.batch)
             self.batch = None
+
+
+class JsonSchemaGrammar:
+    """llama.cpp's grammar sampler for a JSON Schema, as a decoding constraint: every token
+    that would make the reply stop matching the schema is masked. Freed on close."""
+
+    def __init__(self, llama_cpp: Any, vocab: Any, n_vocab: int, schema: Mapping[str, Any]):
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            gbnf = json_schema_to_gbnf(json.dumps(schema))
+        except Exception as error:  # the converter raises bare exceptions of several kinds
+            raise InvalidGenerationParamsError(
+                f"the JSON Schema cannot be turned into a grammar: {error}"
+            ) from None
+        self._lib = llama_cpp
+        self._sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        if not self._sampler:
+            raise InvalidGenerationParamsError("llama.cpp rejected the grammar of the JSON Schema")
+        # One llama_token_data (id, logit, p) per vocabulary entry, filled in place each step.
+        self._candidates = np.zeros(
+            n_vocab, [("id", np.int32), ("logit", np.float32), ("p", np.float32)]
+        )
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._array = llama_cpp.llama_token_data_array(
+            data=self._candidates.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+
+    def allowed(self, logits: Logits) -> Logits:
+        candidates, array = self._candidates, self._array
+        candidates["id"], candidates["logit"], candidates["p"] = self._ids, logits, 0.0
+        array.size, array.selected, array.sorted = len(candidates), -1, False
+        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(array))
+        kept = candidates[: array.size]
+        masked = np.full_like(logits, -np.inf)
+        masked[kept["id"]] = kept["logit"]
+        return masked
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self._sampler, token)
+
+    def close(self) -> None:
+        if self._sampler:
+            self._lib.llama_sampler_free(self._sampler)
+            self._sampler = None
 
 
 class LlamaCppBackend:
@@ -238,26 +292,45 @@ class LlamaCppBackend:
         segments: list[tuple[str, Any]] = [("tokens", before)]
         if len(soft):
             segments += [("embd", soft), ("tokens", after)]
+        grammar = None
+        if params.json_schema is not None:
+            grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
         with self._lock:
-            self._clear_cache()
-            position = self._prefill([s for s in segments if len(s[1])])
+            try:
+                yield from self._generate(segments, grammar, params, n_input, len(soft))
+            finally:
+                if grammar is not None:
+                    grammar.close()
 
-            def feed(token: int) -> Logits:
-                nonlocal position
-                self._decode(self._token_batch, position, [token], None)
-                position += 1
-                return self._last_logits()
+    def _generate(
+        self,
+        segments: list[tuple[str, Any]],
+        grammar: JsonSchemaGrammar | None,
+        params: GenerationParams,
+        n_input: int,
+        n_soft: int,
+    ) -> Iterator[GenerationChunk]:
+        """Prefill ``segments`` on an empty cache, then decode (the caller holds the lock)."""
+        self._clear_cache()
+        position = self._prefill([s for s in segments if len(s[1])])
 
-            yield from decode_loop(
-                self._last_logits(),
-                feed,
-                self.detokenize,
-                lambda token: bool(self._lib.llama_vocab_is_eog(self._vocab, token)),
-                params,
-                max_new_tokens=min(params.max_tokens, self._n_ctx - n_input),
-                input_tokens=n_input,
-                soft_tokens=len(soft),
-            )
+        def feed(token: int) -> Logits:
+            nonlocal position
+            self._decode(self._token_batch, position, [token], None)
+            position += 1
+            return self._last_logits()
+
+        yield from decode_loop(
+            self._last_logits(),
+            feed,
+            self.detokenize,
+            lambda token: bool(self._lib.llama_vocab_is_eog(self._vocab, token)),
+            params,
+            max_new_tokens=min(params.max_tokens, self._n_ctx - n_input),
+            input_tokens=n_input,
+            soft_tokens=n_soft,
+            constraint=grammar,
+        )
 
     def close(self) -> None:
         """Free the native batches and the model; the backend is unusable afterwards."""
