@@ -125,6 +125,8 @@ class JsonSchemaGrammar:
         kept = candidates[: array.size]
         masked = np.full_like(logits, -np.inf)
         masked[kept["id"]] = kept["logit"]
+        if not np.isfinite(masked).any():  # accepting any token now would abort llama.cpp
+            raise BackendError("the JSON Schema's grammar allows no next token")
         return masked
 
     def accept(self, token: int) -> None:
