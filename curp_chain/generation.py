@@ -43,9 +43,10 @@ class TokenSampler:
 
     def choose(self, logits: Logits, generated: Sequence[int]) -> int:
         scores = logits.astype(np.float64, copy=True)
-        for token in banned_by_ngrams(generated, self.params.no_repeat_ngram_size):
+        banned = banned_by_ngrams(generated, self.params.no_repeat_ngram_size)
+        for token in banned:
             scores[token] = -np.inf
-        if not np.isfinite(scores).any():  # a grammar allowed only repeats: allow them
+        if banned and not np.isfinite(scores).any():  # a grammar allowed only repeats
             scores = logits.astype(np.float64, copy=True)
         if self.params.temperature <= 0:
             return int(np.argmax(scores))
