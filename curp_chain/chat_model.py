@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -31,8 +32,10 @@ from curp_chain.history import HistoryItem, NewHistoryItem
 from curp_chain.personalizer import Personalization, Personalizer
 from curp_chain.prompt import ChatTurn, Role, build_soft_prompt
 from curp_chain.protocols import (
+    GenerationChunk,
     GenerationParams,
     HistoryStore,
+    SoftPrompt,
     SoftPromptBackend,
     TokenLogprob,
 )
@@ -93,6 +96,18 @@ def to_chat_turns(messages: Sequence[BaseMessage]) -> list[ChatTurn]:
     if not turns:
         raise CurpError("no messages given")
     return turns
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request ready for the backend: what ``_stream`` and ``_astream`` both start from."""
+
+    prompt: SoftPrompt
+    params: GenerationParams
+    personalization: Personalization
+    backend: SoftPromptBackend
+    kwargs: dict[str, Any]
+    """The call's keyword arguments (user_id, model, ...)."""
 
 
 class CurpChatModel(BaseChatModel):
@@ -326,13 +341,11 @@ class CurpChatModel(BaseChatModel):
             llm_hidden_size=backend.hidden_size,
         )
 
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> PreparedRequest:
+        """Everything a request needs before the first token: the personalized prompt, the
+        generation settings and the backend. Shared by the sync and async paths."""
         turns = to_chat_turns(messages)
         params = self._params(stop, kwargs)
         if params.json_schema is not None:
@@ -345,16 +358,36 @@ class CurpChatModel(BaseChatModel):
         prompt = build_soft_prompt(
             backend.chat_template, turns, personalization.soft, backend.special_tokens
         )
-        for piece in backend.stream(prompt, params):
-            if piece.finish_reason is None:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
-            else:
-                chunk = self._final_chunk(
-                    piece.text, piece.finish_reason, piece.usage, personalization, backend, kwargs
-                )
-            if params.logprobs:
-                # Lists in response_metadata concatenate when chunks are added together.
-                chunk.message.response_metadata["logprobs"] = logprobs_metadata(piece.logprobs)
+        return PreparedRequest(prompt, params, personalization, backend, kwargs)
+
+    def _to_chunk(self, piece: GenerationChunk, request: PreparedRequest) -> ChatGenerationChunk:
+        """One backend piece as a LangChain chunk (the last one carries usage and metadata)."""
+        if piece.finish_reason is None:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
+        else:
+            chunk = self._final_chunk(
+                piece.text,
+                piece.finish_reason,
+                piece.usage,
+                request.personalization,
+                request.backend,
+                request.kwargs,
+            )
+        if request.params.logprobs:
+            # Lists in response_metadata concatenate when chunks are added together.
+            chunk.message.response_metadata["logprobs"] = logprobs_metadata(piece.logprobs)
+        return chunk
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request = self._prepare(messages, stop, kwargs)
+        for piece in request.backend.stream(request.prompt, request.params):
+            chunk = self._to_chunk(piece, request)
             if run_manager and chunk.text:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
