@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
@@ -94,6 +95,12 @@ def load_checkpoint(folder: str | Path | None = None) -> CurpUserModel:
             raise CheckpointError(
                 f"{weights_path}: {name} has shape {tuple(tensor.shape)}, but its config "
                 f"implies {expected[name]}"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{weights_path}: {name} holds {bad} NaN or infinite values; the file is "
+                "damaged or came from a diverged training run. Use another checkpoint."
             )
     model.load_state_dict(state)
     return model.eval()

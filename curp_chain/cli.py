@@ -3,59 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
+from curp_chain import ingest
 from curp_chain.errors import CurpError, InvalidHistoryItemError
-from curp_chain.history import NewHistoryItem
+from curp_chain.history import NewHistoryItem, validate_user_id
+from curp_chain.ingest import DEFAULT_BATCH_SIZE
 
-ITEM_FIELDS = {"text", "kind", "created_at", "metadata"}
-
-
-def read_history_file(path: Path) -> list[NewHistoryItem]:
-    """Items from a JSONL file (one {"text", "kind"?, "created_at"?, "metadata"?} per line)
-    or, for any other suffix, from plain text with one item per non-empty line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise CurpError(f"cannot read {path}: {error}") from None
-    if path.suffix not in (".jsonl", ".json"):
-        return [NewHistoryItem(line) for line in lines if line.strip()]
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InvalidHistoryItemError(f"{path}:{number}: not valid JSON ({error})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InvalidHistoryItemError(
-                f'{path}:{number}: expected an object with a "text" string'
-            )
-        unknown = set(record) - ITEM_FIELDS
-        if unknown:
-            raise InvalidHistoryItemError(f"{path}:{number}: unknown fields {sorted(unknown)}")
-        created = record.get("created_at")
-        try:
-            created_at = datetime.fromisoformat(created) if created else None
-        except (TypeError, ValueError):
-            raise InvalidHistoryItemError(
-                f"{path}:{number}: created_at {created!r} is not an ISO 8601 date"
-            ) from None
-        items.append(
-            NewHistoryItem(
-                record["text"],
-                kind=record.get("kind", "text"),
-                created_at=created_at,
-                metadata=record.get("metadata") or {},
-            )
-        )
-    return items
+def read_history_file(path: Path, *, truncate: bool = False) -> list[NewHistoryItem]:
+    """The checked items of a history file (see `curp_chain.ingest.read_history_file`)."""
+    return [parsed.item for parsed in ingest.read_history_file(path, truncate=truncate)]
 
 
 def _model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -70,15 +30,19 @@ def _model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    items = read_history_file(Path(args.file))
+    user_id = validate_user_id(args.user)
+    items = read_history_file(Path(args.file), truncate=args.truncate)
     if not items:
         raise InvalidHistoryItemError(f"{args.file} holds no history items")
-    stored = (
-        _model(args)
-        .get_personalizer()
-        .add_history(args.user, items, truncate=args.truncate, progress=True)
+    result = ingest.ingest(
+        _model(args).get_personalizer(),
+        user_id,
+        items,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
     )
-    print(f"stored {len(stored)} items for {args.user}")
+    skipped = f" ({result.skipped} already stored, skipped)" if result.skipped else ""
+    print(f"stored {result.stored} items for {user_id}{skipped}")
     return 0
 
 
@@ -128,15 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model-path", help="GGUF model file (default: SmolLM2-135M-Instruct)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ingest = sub.add_parser("ingest", parents=[common], help="add a user's history from a file")
-    ingest.add_argument("--user", required=True, help="user id")
-    ingest.add_argument(
+    ingest_cmd = sub.add_parser("ingest", parents=[common], help="add a user's history from a file")
+    ingest_cmd.add_argument("--user", required=True, help="user id")
+    ingest_cmd.add_argument(
         "file", help='JSONL ({"text": ...} per line) or plain text, one item a line'
     )
-    ingest.add_argument(
+    ingest_cmd.add_argument(
         "--truncate", action="store_true", help="cut over-long items instead of rejecting the file"
     )
-    ingest.set_defaults(func=cmd_ingest)
+    ingest_cmd.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="items per transaction; a rerun after an interruption skips stored items "
+        f"(default: {DEFAULT_BATCH_SIZE})",
+    )
+    ingest_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ingest_cmd.set_defaults(func=cmd_ingest)
 
     chat = sub.add_parser("chat", parents=[common], help="ask as a user; the reply streams")
     chat.add_argument("--user", help="user id (omit for an unpersonalized reply)")

@@ -12,11 +12,22 @@ class CurpError(Exception):
 
 
 class InvalidHistoryItemError(CurpError, ValueError):
-    """A history item was empty, too long, or otherwise unusable. Nothing was stored."""
+    """A history item was empty, too long, or otherwise unusable. Nothing was stored.
+
+    ``index`` is the position of the bad item in its batch (None when the batch itself is
+    wrong) and ``rule`` a short name of the rule it broke (e.g. "text", "kind",
+    "created_at", "metadata", "batch"), so a caller such as `curp ingest` can point at the
+    line it came from.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, rule: str | None = None):
+        super().__init__(message)
+        self.index = index
+        self.rule = rule
 
 
 class InvalidUserIdError(CurpError, ValueError):
-    """A user id was empty, too long or not a string."""
+    """A user id was empty, too long, not a string, or broke the user id policy."""
 
 
 class CheckpointError(CurpError):
@@ -37,6 +48,10 @@ class InvalidGenerationParamsError(CurpError, ValueError):
 
 class MissingDependencyError(CurpError, ImportError):
     """An optional package is needed for this feature; the message names the install command."""
+
+
+class ModelFileNotFoundError(CurpError, FileNotFoundError):
+    """A model or weights file named by the caller does not exist."""
 
 
 class StoreError(CurpError):

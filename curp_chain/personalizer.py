@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from curp_chain.encoder import SentenceEncoder
-from curp_chain.errors import CurpError
+from curp_chain.errors import CheckpointError, CurpError
 from curp_chain.history import (
     HistoryItem,
     ItemCodes,
@@ -49,6 +49,16 @@ def top_prototypes(codes: Sequence[Sequence[int]], limit: int = 8) -> list[dict[
     """The (subspace, prototype) pairs most used across a user's items, most used first."""
     counts = Counter((m, int(k)) for row in codes for m, k in enumerate(row))
     return [{"subspace": m, "prototype": k, "items": n} for (m, k), n in counts.most_common(limit)]
+
+
+def check_soft_tokens(soft: SoftVectors) -> SoftVectors:
+    """The soft tokens, or CheckpointError if any is NaN or infinite: the LLM would answer
+    with an empty or garbage reply that still looks personalized."""
+    if not np.isfinite(soft).all():
+        raise CheckpointError(
+            "the CURP model produced NaN or infinite soft tokens; its checkpoint is damaged"
+        )
+    return soft
 
 
 class Personalizer:
@@ -105,7 +115,11 @@ class Personalizer:
             logger.info("re-encoding %d items of %s for a new codebook", len(cached.stale), user_id)
             fresh = self.encode_codes([item.text for item in cached.stale])
             mapping = {item.id: row.tolist() for item, row in zip(cached.stale, fresh, strict=True)}
-            self.store.save_codes(mapping, self.codebook_version)
+            saved = self.store.save_codes(mapping, self.codebook_version)
+            if len(saved) < len(mapping):
+                # Items are only deleted with their user: forget_user ran meanwhile, and a
+                # request that loses that race answers as for an unknown user.
+                return []
             encoded += [ItemCodes(i, tuple(c)) for i, c in mapping.items()]
         return encoded
 
@@ -118,7 +132,7 @@ class Personalizer:
         mask = torch.ones(codes_tensor.shape[:2], dtype=torch.bool)
         query_vector = self.item_vectors([query]) if self.user_model.config.query_aware else None
         soft = self.user_model(codes_tensor, mask, query_vector, use_query_token=use_query_token)
-        return soft[0].float().numpy()
+        return check_soft_tokens(soft[0].float().numpy())
 
     def personalize(self, user_id: str | None, query: str) -> Personalization:
         """Soft tokens for ``user_id`` answering ``query``; none (with a reason) when the

@@ -6,6 +6,7 @@ The core implements neither; `curp_chain_stores` and `curp_chain_integrations` d
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +38,10 @@ class HistoryStore(Protocol):
         """Store items (and their codes, if given, made by ``codebook_version``)."""
         ...
 
+    def count_by_hash(self, user_id: str, hashes: Sequence[str]) -> Mapping[str, int]:
+        """How many of the user's items have each `curp_chain.history.content_hash`."""
+        ...
+
     def get_items(self, user_id: str, limit: int | None = None) -> list[HistoryItem]:
         """The user's items, newest first."""
         ...
@@ -45,8 +50,9 @@ class HistoryStore(Protocol):
         """Cached codes of the user's newest ``limit`` items, and those items lacking codes."""
         ...
 
-    def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> None:
-        """Cache codes for existing items (item id -> codes)."""
+    def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> AbstractSet[int]:
+        """Cache codes for existing items (item id -> codes); returns the ids saved, leaving
+        out items deleted meanwhile."""
         ...
 
     def list_users(self) -> list[UserSummary]: ...

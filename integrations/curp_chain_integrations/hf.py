@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +26,11 @@ from curp_chain.defaults import curp_home
 from curp_chain.errors import BackendError, ContextLengthError, MissingDependencyError
 from curp_chain.generation import Logits, banned_by_ngrams, decode_loop
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
-from curp_chain_integrations.llamacpp import SMOLLM2_ID, smollm2_gguf_path
+from curp_chain_integrations.llamacpp import (
+    check_model_file,
+    gguf_problem,
+    model_id_from_gguf,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +42,12 @@ def _cache_dir(gguf_path: Path) -> Path:
 
 
 def load_gguf_as_hf(gguf_path: Path, *, use_cache: bool = True) -> tuple[Any, Any]:
-    """(model, tokenizer) in float32 from a GGUF file, through a safetensors cache."""
+    """(model, tokenizer) in float32 from a GGUF file, through a safetensors cache.
+
+    The cache is written to a temporary folder and renamed into place, with a manifest of
+    its files' sizes written last, so a kill during the save leaves no half cache. A cache
+    that fails its check or its load is deleted and rebuilt.
+    """
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
@@ -43,10 +56,17 @@ def load_gguf_as_hf(gguf_path: Path, *, use_cache: bool = True) -> tuple[Any, An
             "pip install 'curp-chain-integrations[hf]'"
         ) from None
     cache = _cache_dir(gguf_path)
-    if use_cache and (cache / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(cache))
-        return model.eval(), tokenizer
+    if use_cache and cache.exists():
+        problem = _cache_problem(cache)
+        if problem is None:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(str(cache))
+                return model.eval(), tokenizer
+            except Exception as error:  # safetensors and transformers raise many kinds
+                problem = f"{type(error).__name__}: {error}"
+        logger.warning("rebuilding the broken weights cache %s (%s)", cache, problem)
+        shutil.rmtree(cache, ignore_errors=True)
     logger.info("dequantizing %s for transformers (once; cached in %s)", gguf_path, cache)
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
@@ -54,14 +74,73 @@ def load_gguf_as_hf(gguf_path: Path, *, use_cache: bool = True) -> tuple[Any, An
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except ImportError as error:
         raise MissingDependencyError(f"{error}; run: pip install gguf") from None
+    except (ValueError, OSError, KeyError) as error:
+        raise BackendError(f"transformers cannot load {gguf_path}: {error}") from None
     if use_cache:
-        # save_pretrained refuses a model that still records its GGUF quantization.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(str(cache))
-        tokenizer.save_pretrained(str(cache))
+        _save_cache(model, tokenizer, cache)
     return model.eval(), tokenizer
+
+
+CACHE_MANIFEST = "curp-cache.json"
+
+
+def _save_cache(model: Any, tokenizer: Any, cache: Path) -> None:
+    """Write the cache beside its final place, then rename it there in one step."""
+    # save_pretrained refuses a model that still records its GGUF quantization.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+    try:
+        model.save_pretrained(str(temporary))
+        tokenizer.save_pretrained(str(temporary))
+        sizes = {p.name: p.stat().st_size for p in sorted(temporary.iterdir()) if p.is_file()}
+        (temporary / CACHE_MANIFEST).write_text(json.dumps({"files": sizes}, indent=1))
+        try:
+            os.rename(temporary, cache)
+        except OSError:  # another process finished first: keep theirs
+            logger.info("weights cache %s was written concurrently; keeping that one", cache)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _cache_problem(cache: Path) -> str | None:
+    """Why a cache folder cannot be trusted (no manifest, a file missing or of another
+    size than when written), or None."""
+    try:
+        files = json.loads((cache / CACHE_MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no valid manifest: an unfinished or old-format cache"
+    for name, size in files.items():
+        path = cache / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes, {size:,} were written"
+    return None
+
+
+def _gguf_model_id(path: Path) -> str:
+    """`model_id_from_gguf` on the metadata read by the gguf package (as llama.cpp would)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise MissingDependencyError(
+            "the transformers backend needs gguf; run: pip install 'curp-chain-integrations[hf]'"
+        ) from None
+    try:
+        reader = GGUFReader(str(path))
+    except Exception:  # the reader raises ValueError, KeyError, struct errors
+        raise BackendError(
+            f"cannot read {path}: {gguf_problem(path) or 'not a GGUF file'}"
+        ) from None
+    metadata: dict[str, str] = {}
+    for key in ("general.name", "general.basename", "general.size_label", "general.finetune"):
+        field = reader.get_field(key)
+        if field is not None:
+            metadata[key] = str(field.contents())
+    return model_id_from_gguf(path, metadata)
 
 
 def _kv_cache(output: Any) -> Any:
@@ -81,10 +160,8 @@ class TransformersBackend:
         context_length: int | None = None,
         use_cache: bool = True,
     ):
-        path = Path(model_path) if model_path is not None else smollm2_gguf_path()
-        if not path.is_file():
-            raise MissingDependencyError(f"GGUF model file not found: {path}")
-        self._model_id = model_id or (SMOLLM2_ID if model_path is None else path.stem)
+        path = check_model_file(model_path)
+        self._model_id = model_id or _gguf_model_id(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_gguf_as_hf(path, use_cache=use_cache)
         self.model = model.to(self.device)

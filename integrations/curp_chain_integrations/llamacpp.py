@@ -25,6 +25,7 @@ from curp_chain.errors import (
     ContextLengthError,
     InvalidGenerationParamsError,
     MissingDependencyError,
+    ModelFileNotFoundError,
 )
 from curp_chain.generation import Logits, decode_loop
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
@@ -44,6 +45,66 @@ def smollm2_gguf_path() -> Path:
     if spec is None or spec.origin is None:
         raise MissingDependencyError(f"the default LLM is not installed; run: {SMOLLM2_INSTALL}")
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+KNOWN_MODEL_IDS = {"SmolLM2 135M Instruct": SMOLLM2_ID, "SmolLM2-135M-Instruct": SMOLLM2_ID}
+"""GGUF ``general.name`` / ``general.basename`` values of models whose checkpoints record
+their Hugging Face id instead."""
+
+
+def check_model_file(model_path: str | Path | None) -> Path:
+    """The GGUF to load (the bundled SmolLM2 when None); ModelFileNotFoundError if absent."""
+    path = Path(model_path) if model_path is not None else smollm2_gguf_path()
+    if not path.is_file():
+        raise ModelFileNotFoundError(
+            f"GGUF model file not found: {path}"
+            + (" (it is a directory)" if path.is_dir() else "")
+        )
+    return path
+
+
+def model_id_from_gguf(path: Path, metadata: Mapping[str, str]) -> str:
+    """The id checkpoints record for this model: from the GGUF's own metadata (name,
+    size label, fine-tune), so a renamed or copied file keeps its identity; the file name
+    only when the metadata names nothing."""
+    for key in ("general.name", "general.basename"):
+        name = metadata.get(key, "").strip()
+        if name in KNOWN_MODEL_IDS:
+            return KNOWN_MODEL_IDS[name]
+    name = metadata.get("general.name", "").strip()
+    if name:
+        return name
+    basename = metadata.get("general.basename", "").strip()
+    if basename:
+        parts = [basename, metadata.get("general.size_label", ""), metadata.get("general.finetune", "")]
+        return "-".join(p.strip() for p in parts if p.strip())
+    return path.stem
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why a file is not a loadable GGUF, judged from its header and size; None if it
+    looks sound (llama.cpp's own log then holds the reason)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with path.open("rb") as file:
+        magic = file.read(4)
+    if magic != b"GGUF":
+        return f"not a GGUF file (it starts with {magic!r}, not b'GGUF')"
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as error:  # the reader raises ValueError, KeyError, struct errors
+        return f"the GGUF header is damaged or truncated ({type(error).__name__}: {error})"
+    end = max(
+        (int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0
+    )
+    if end > size:
+        return f"the file is truncated: its tensors need {end:,} bytes, it has {size:,}"
+    return None
 
 
 def _import_llama_cpp() -> Any:
@@ -161,22 +222,25 @@ class LlamaCppBackend:
         n_gpu_layers: int = 0,
     ):
         self._lib = _import_llama_cpp()
-        path = Path(model_path) if model_path is not None else smollm2_gguf_path()
-        if not path.is_file():
-            raise MissingDependencyError(f"GGUF model file not found: {path}")
-        self._model_id = model_id or (SMOLLM2_ID if model_path is None else path.stem)
+        path = check_model_file(model_path)
+        self._path = path
         self._lock = threading.Lock()
         threads = n_threads or os.cpu_count() or 1
-        self._llama = self._lib.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_ubatch=n_batch,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=n_gpu_layers,
-            verbose=False,
-        )
+        try:
+            self._llama = self._lib.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers,
+                verbose=False,
+            )
+        except ValueError as error:  # llama-cpp-python's "Failed to load model from file"
+            raise BackendError(
+                f"llama.cpp cannot load {path}: {gguf_problem(path) or error}"
+            ) from None
         self._ctx = self._llama._ctx.ctx  # the native context; private but pinned (0.3.36)
         self._vocab = self._llama._model.vocab
         self._n_ctx = int(self._llama.n_ctx())
@@ -191,6 +255,7 @@ class LlamaCppBackend:
             self, _release, self._token_batch, self._embd_batch, self._llama
         )
         metadata = self._llama.metadata
+        self._model_id = model_id or model_id_from_gguf(path, metadata)
         self._template = metadata.get("tokenizer.chat_template", "")
         self._special = {
             "bos_token": self._piece(self._llama.token_bos()),
@@ -269,7 +334,8 @@ class LlamaCppBackend:
 
     def _last_logits(self) -> Logits:
         pointer = self._lib.llama_get_logits_ith(self._ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).copy()
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).copy()
+        return check_logits(logits, self._path)
 
     def _clear_cache(self) -> None:
         memory = self._lib.llama_get_memory(self._ctx)
@@ -338,6 +404,17 @@ class LlamaCppBackend:
         """Free the native batches and the model; the backend is unusable afterwards."""
         with self._lock:
             self._finalizer()
+
+
+def check_logits(logits: Logits, source: Path | str) -> Logits:
+    """The logits, or BackendError if the model produced NaN or +inf (damaged weights):
+    sampling from them would give an empty or garbage reply that looks like a real one."""
+    if np.isnan(logits).any() or np.isposinf(logits).any():
+        raise BackendError(
+            f"the model in {source} produced NaN or infinite logits; its weights are "
+            "damaged. Reinstall or re-download the model file."
+        )
+    return logits
 
 
 def _release(token_batch: _NativeBatch, embd_batch: _NativeBatch, llama: Any) -> None:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from curp_chain.errors import MissingDependencyError, StoreError
@@ -23,6 +23,13 @@ WRITE_OPTION = "curp_write"
 IMMEDIATE, taking the write lock up front instead of failing to upgrade a read lock."""
 
 _WAL_ATTEMPTS = 100
+
+BUSY_TIMEOUT_S = 10.0
+"""How long SQLite itself waits for a lock held by another connection (PRAGMA busy_timeout)."""
+BUSY_RETRIES = 3
+BUSY_BACKOFF_S = 0.5
+"""After a busy timeout the store begins the transaction again, up to BUSY_RETRIES times,
+sleeping 0.5, 1 and 2 s between: a writer waits about 45 s in all before StoreError."""
 
 
 def make_engine(url_or_engine: str | Engine, *, echo: bool = False) -> tuple[Engine, bool]:
@@ -81,6 +88,7 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntr
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         _use_wal(cursor)
     finally:
         cursor.close()
@@ -104,6 +112,12 @@ def _use_wal(cursor: Any) -> None:
             if attempt == _WAL_ATTEMPTS - 1:
                 raise
             time.sleep(0.05)
+
+
+def is_busy(exc: OperationalError) -> bool:
+    """Whether a driver error means another connection holds SQLite's lock."""
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database is busy" in message
 
 
 def _sqlite_begin(connection: Any) -> None:

@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MAX_KIND_CHARS = 64
+CONTENT_HASH_CHARS = 64
+"""Hex SHA-256."""
 MAX_CODEBOOK_VERSION_CHARS = 64
 MAX_CODE = 0xFFFF
 """Codes are stored as uint16, so a codebook may have at most 65,536 entries per subspace."""
@@ -105,6 +107,8 @@ class HistoryItemRow(Base):
     __table_args__ = (
         # Serves every per-user read: WHERE user_id = ? ORDER BY created_at DESC, id DESC.
         Index("ix_curp_history_items_user_created", "user_id", "created_at", "id"),
+        # Serves the rerun of an interrupted ingest: which of these items are stored already?
+        Index("ix_curp_history_items_user_hash", "user_id", "content_hash"),
         # AUTOINCREMENT keeps SQLite from reusing the ids of deleted items, so a late
         # save_codes() for a deleted item can never attach codes to someone else's item.
         {"sqlite_autoincrement": True},
@@ -119,6 +123,9 @@ class HistoryItemRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # `metadata` is reserved on declarative classes, hence the attribute name.
     item_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    # `curp_chain.history.content_hash` of the item as given (schema v2). Nullable only
+    # because SQLite cannot add a NOT NULL column to a filled table; every row has one.
+    content_hash: Mapped[str | None] = mapped_column(String(CONTENT_HASH_CHARS), nullable=True)
 
 
 class ItemCodesRow(Base):

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, TypeVarTuple
+from typing import Any, Self, TypeVar, TypeVarTuple
 
 from sqlalchemy import Engine, Select, and_, delete, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from curp_chain.errors import InvalidHistoryItemError, StoreError
-from curp_chain.history import HistoryItem, ItemCodes, NewHistoryItem, UserCodes, UserSummary
+from curp_chain.history import (
+    HistoryItem,
+    ItemCodes,
+    NewHistoryItem,
+    UserCodes,
+    UserSummary,
+    content_hash,
+)
 from curp_chain_stores import validation
-from curp_chain_stores.engine import WRITE_OPTION, make_engine
+from curp_chain_stores.engine import (
+    BUSY_BACKOFF_S,
+    BUSY_RETRIES,
+    WRITE_OPTION,
+    is_busy,
+    make_engine,
+)
 from curp_chain_stores.migrations import SCHEMA_VERSION, migrate, too_new_message
 from curp_chain_stores.models import (
     HistoryItemRow,
@@ -30,8 +45,14 @@ from curp_chain_stores.models import (
     unpack_codes,
 )
 
+logger = logging.getLogger(__name__)
+
 Row = TypeVarTuple("Row")
+Key = TypeVar("Key")
 """The column types of a select, kept through `_newest`."""
+
+_USER_ATTEMPTS = 5
+"""Times add_items recreates a user deleted under it before giving up."""
 
 _CHUNK = 500
 """Ids per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits."""
@@ -116,11 +137,12 @@ class SQLHistoryStore:
                 kind=item.kind,
                 created_at=now if item.created_at is None else as_utc(item.created_at),
                 item_metadata=dict(item.metadata),
+                content_hash=content_hash(item),
             )
             for item in batch
         ]
         with self._transaction("add_items", write=True) as session:
-            self._ensure_user(session, user_id, now)
+            self._hold_user(session, user_id, now)
             session.add_all(rows)
             session.flush()
             if batch_codes is not None and version is not None:
@@ -137,6 +159,28 @@ class SQLHistoryStore:
         query = _newest(select(HistoryItemRow), user_id, limit)
         with self._transaction("get_items") as session:
             return [_item(row) for row in session.scalars(query)]
+
+    def count_by_hash(self, user_id: str, hashes: Sequence[str]) -> dict[str, int]:
+        """How many of the user's stored items have each content hash (absent: none).
+
+        `curp_chain.history.content_hash` gives an item's hash; a rerun of an interrupted
+        ingest uses this to skip what an earlier run already stored.
+        """
+        user_id = validation.check_user_id(user_id)
+        wanted = sorted({h for h in hashes if isinstance(h, str)})
+        counts: dict[str, int] = {}
+        with self._transaction("count_by_hash") as session:
+            for chunk in _chunks(wanted):
+                query = (
+                    select(HistoryItemRow.content_hash, func.count())
+                    .where(
+                        HistoryItemRow.user_id == user_id,
+                        HistoryItemRow.content_hash.in_(chunk),
+                    )
+                    .group_by(HistoryItemRow.content_hash)
+                )
+                counts.update({str(h): int(n) for h, n in session.execute(query)})
+        return counts
 
     def get_codes(self, user_id: str, codebook_version: str, limit: int | None = None) -> UserCodes:
         """Of the newest ``limit`` items: cached codes for ``codebook_version``, and the rest."""
@@ -160,11 +204,11 @@ class SQLHistoryStore:
                     encoded.append(ItemCodes(row.id, unpack_codes(blob)))
         return UserCodes(encoded=encoded, stale=stale)
 
-    def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> None:
+    def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> set[int]:
         """Cache codes for existing items, replacing any for the same codebook version.
 
-        Raises `StoreError` (and saves nothing) if an item id does not exist, e.g. because
-        its user was deleted meanwhile.
+        Returns the ids saved. Ids of items that no longer exist (their user was deleted
+        meanwhile) are skipped: the codes of a forgotten item have nowhere to go.
         """
         version = validation.check_codebook_version(codebook_version)
         for item_id in codes:
@@ -172,7 +216,7 @@ class SQLHistoryStore:
                 raise InvalidHistoryItemError(f"item ids must be ints, got {item_id!r}")
         checked = validation.check_codes(codes.items())
         if not checked:
-            return
+            return set()
         ids = sorted(checked)
         with self._transaction("save_codes", write=True) as session:
             found: set[int] = set()
@@ -193,16 +237,14 @@ class SQLHistoryStore:
                         ItemCodesRow.codebook_version == version, ItemCodesRow.item_id.in_(chunk)
                     )
                 )
-            missing = [item_id for item_id in ids if item_id not in found]
-            if missing:
-                raise StoreError(
-                    f"save_codes: no history items with ids {missing[:10]} in {self._url}; "
-                    "nothing saved"
-                )
             session.add_all(
                 ItemCodesRow(item_id=item_id, codebook_version=version, codes=pack_codes(c))
                 for item_id, c in checked.items()
+                if item_id in found
             )
+        if len(found) < len(ids):
+            logger.debug("save_codes: %d items were deleted meanwhile", len(ids) - len(found))
+        return found
 
     def list_users(self) -> list[UserSummary]:
         """Every user with their number of items and newest item time, by user id."""
@@ -258,7 +300,7 @@ class SQLHistoryStore:
         """One session and transaction: committed on success, rolled back on any error."""
         factory = self._write if write else self._read
         try:
-            with self._one_at_a_time, factory.begin() as session:
+            with self._one_at_a_time, _begin(factory) as session:
                 self._check_schema(session)
                 yield session
         except SQLAlchemyError as exc:
@@ -273,6 +315,12 @@ class SQLHistoryStore:
         if inspect(connection).has_table(SchemaVersionRow.__tablename__):
             found = session.scalar(select(SchemaVersionRow.version))
         if found is None:
+            if inspect(connection).has_table(HistoryItemRow.__tablename__):
+                raise StoreError(
+                    f"the history tables in {self._url} have no schema version row: call "
+                    "store.setup(), which checks them against the current schema and records "
+                    "the version"
+                )
             raise StoreError(f"no history tables in {self._url}: call store.setup() first")
         if found > SCHEMA_VERSION:
             raise StoreError(too_new_message(found))
@@ -282,6 +330,25 @@ class SQLHistoryStore:
                 f"code needs {SCHEMA_VERSION}: call store.setup() to migrate them"
             )
         self._schema_checked = True
+
+    def _hold_user(self, session: Session, user_id: str, now: datetime) -> None:
+        """Make sure the user row exists and stays until this transaction ends.
+
+        A concurrent `delete_user` either finishes first (its row is gone; the user is
+        created again and the items stored for them) or waits for this transaction (and
+        then removes these items too). Never a foreign-key violation half-way.
+        """
+        held = select(UserRow.id).where(UserRow.id == user_id).with_for_update(key_share=True)
+        for _ in range(_USER_ATTEMPTS):
+            self._ensure_user(session, user_id, now)
+            # On PostgreSQL this waits for a delete in progress; under READ COMMITTED it
+            # then sees the row gone. SQLite writers never overlap (BEGIN IMMEDIATE).
+            if session.scalar(held) is not None:
+                return
+        raise StoreError(
+            f"add_items: user {user_id!r} was deleted {_USER_ATTEMPTS} times while being "
+            "written; nothing stored"
+        )
 
     def _ensure_user(self, session: Session, user_id: str, now: datetime) -> None:
         """Insert the user row unless it exists, without racing a concurrent insert."""
@@ -301,6 +368,32 @@ class SQLHistoryStore:
         reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
         summary = reason.splitlines()[0] if reason else type(exc).__name__
         return StoreError(f"{action} failed on {self._url}: {summary}")
+
+
+@contextmanager
+def _begin(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction has begun, retrying a busy SQLite database.
+
+    BEGIN (IMMEDIATE for writers) runs here, before the caller's work: it is where a SQLite
+    writer waits for the write lock, first for the busy timeout set on every connection,
+    then again after a backoff, up to `BUSY_RETRIES` times (about 45 s in all). Nothing has
+    been done in the transaction yet, so a retry repeats nothing.
+    """
+    for attempt in range(BUSY_RETRIES + 1):
+        session = factory()
+        try:
+            transaction = session.begin()
+            session.connection()
+        except OperationalError as exc:
+            session.close()
+            if attempt == BUSY_RETRIES or not is_busy(exc):
+                raise
+            logger.info("history store busy; retrying in %.1f s", BUSY_BACKOFF_S * 2**attempt)
+            time.sleep(BUSY_BACKOFF_S * 2**attempt)
+            continue
+        with session, transaction:
+            yield session
+        return
 
 
 def _newest(query: Select[*Row], user_id: str, limit: int | None) -> Select[*Row]:
@@ -326,6 +419,6 @@ def _item(row: HistoryItemRow) -> HistoryItem:
     )
 
 
-def _chunks(ids: list[int]) -> Iterator[list[int]]:
+def _chunks(ids: list[Key]) -> Iterator[list[Key]]:
     for start in range(0, len(ids), _CHUNK):
         yield ids[start : start + _CHUNK]

@@ -7,9 +7,7 @@ names the item instead of a driver error halfway through the insert.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from numbers import Integral
 from typing import TypeVar, cast
 
@@ -21,8 +19,9 @@ Key = TypeVar("Key")
 
 
 def check_user_id(user_id: object) -> str:
+    """The core's user id policy (`curp_chain.history.validate_user_id`), then the column's."""
     user_id = validate_user_id(user_id)
-    if "\x00" in user_id or not _is_utf8(user_id):
+    if "\x00" in user_id or not _is_utf8(user_id):  # the policy refuses these; last line
         raise InvalidUserIdError(
             "user_id contains a NUL character or an unpaired surrogate; use valid text"
         )
@@ -30,34 +29,24 @@ def check_user_id(user_id: object) -> str:
 
 
 def check_items(items: object) -> list[NewHistoryItem]:
-    """The core's `normalize_items`, plus the limits of the item columns."""
+    """The core's batch check (`normalize_items`), then the limits of the item columns.
+
+    The core already refuses everything checked here; this is the last line, for a caller
+    that reaches the store with a core whose limits differ from the columns'.
+    """
     batch = normalize_items(items)
     for index, item in enumerate(batch):
-        if not _is_utf8(item.text):
+        if not _is_utf8(item.text) or "\x00" in item.text:
             raise InvalidHistoryItemError(
-                f"item {index} contains an unpaired surrogate, which is not valid text; "
-                "nothing stored"
+                f"item {index}: text is not storable; nothing stored", index=index, rule="text"
             )
-        if not isinstance(item.kind, str) or len(item.kind) > MAX_KIND_CHARS:
+        if len(item.kind) > MAX_KIND_CHARS or "\x00" in item.kind:
             raise InvalidHistoryItemError(
                 f"item {index} has kind {item.kind!r}; a kind is a string of at most "
-                f"{MAX_KIND_CHARS} characters. Nothing stored."
+                f"{MAX_KIND_CHARS} characters without NUL. Nothing stored.",
+                index=index,
+                rule="kind",
             )
-        if item.created_at is not None and not isinstance(item.created_at, datetime):
-            raise InvalidHistoryItemError(
-                f"item {index} created_at is a {type(item.created_at).__name__}; expected a "
-                "datetime or None. Nothing stored."
-            )
-        if not isinstance(item.metadata, Mapping):
-            raise InvalidHistoryItemError(
-                f"item {index} metadata is a {type(item.metadata).__name__}; expected a dict"
-            )
-        try:
-            json.dumps(dict(item.metadata), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidHistoryItemError(
-                f"item {index} metadata is not JSON-serialisable ({exc}); nothing stored"
-            ) from None
     return batch
 
 

@@ -1,0 +1,106 @@
+"""Broken model files: refused at load with a project error naming the file and the reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from curp_chain.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from curp_chain.config import CurpConfig
+from curp_chain.errors import BackendError, CheckpointError, CurpError, ModelFileNotFoundError
+from curp_chain.training.initialize import initial_model
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path, bad: float) -> None:
+    save_checkpoint(initial_model(CurpConfig(num_subspaces=4, codebook_size=16), seed=0), tmp_path)
+    weights = load_file(str(tmp_path / WEIGHTS_FILE))
+    name = sorted(n for n, t in weights.items() if t.is_floating_point())[0]
+    weights[name].view(-1)[0] = bad
+    save_file(weights, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(CheckpointError, match=rf"{name} holds 1 NaN or infinite"):
+        load_checkpoint(tmp_path)
+
+
+def test_missing_gguf_is_a_file_not_found_project_error(tmp_path: Path) -> None:
+    from curp_chain_integrations.llamacpp import LlamaCppBackend
+
+    missing = tmp_path / "nowhere.gguf"
+    with pytest.raises(ModelFileNotFoundError, match="nowhere.gguf") as caught:
+        LlamaCppBackend(missing)
+    assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, CurpError)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: b"NOPE" + data[4:], "not a GGUF file"),
+        (lambda data: data[:4096], "truncated"),
+        (lambda data: data[:2], "not a GGUF file"),
+        (lambda data: b"", "empty"),
+    ],
+)
+def test_unloadable_gguf_is_a_backend_error_naming_file_and_reason(
+    tmp_path: Path, damage: object, reason: str
+) -> None:
+    from curp_chain_integrations.llamacpp import LlamaCppBackend, smollm2_gguf_path
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(damage(smollm2_gguf_path().read_bytes()))  # type: ignore[operator]
+    with pytest.raises(BackendError, match=reason) as caught:
+        LlamaCppBackend(broken, n_ctx=256, n_threads=1)
+    assert str(broken) in str(caught.value)
+
+
+def test_model_id_comes_from_the_gguf_metadata(tmp_path: Path) -> None:
+    from curp_chain_integrations.llamacpp import SMOLLM2_ID, LlamaCppBackend, smollm2_gguf_path
+
+    copy = tmp_path / "renamed-anything.gguf"
+    shutil.copyfile(smollm2_gguf_path(), copy)
+    backend = LlamaCppBackend(copy, n_ctx=256, n_threads=1)
+    try:
+        assert backend.model_id == SMOLLM2_ID  # not "renamed-anything"
+    finally:
+        backend.close()
+
+
+def test_bundled_gguf_named_explicitly_is_accepted_by_the_bundled_checkpoint() -> None:
+    from curp_chain.chat_model import CurpChatModel
+    from curp_chain_integrations.llamacpp import smollm2_gguf_path
+
+    model = CurpChatModel(model_path=str(smollm2_gguf_path()), max_tokens=4)
+    reply = model.invoke("Say hi.")
+    assert isinstance(reply.content, str)
+
+
+def test_scrambled_gguf_weights_give_a_backend_error_not_an_empty_reply(tmp_path: Path) -> None:
+    from curp_chain_integrations.llamacpp import LlamaCppBackend, smollm2_gguf_path
+    from curp_chain.protocols import GenerationParams, SoftPrompt
+
+    data = bytearray(smollm2_gguf_path().read_bytes())
+    # Overwrite the second half of the file (tensor data) with 0xFF bytes: in f16/q-block
+    # scales these are NaNs, so every logit becomes NaN.
+    half = len(data) // 2
+    data[half:] = b"\xff" * (len(data) - half)
+    broken = tmp_path / "scrambled.gguf"
+    broken.write_bytes(bytes(data))
+    backend = LlamaCppBackend(broken, n_ctx=256, n_threads=1)
+    try:
+        prompt = SoftPrompt("<|im_start|>user\nHi<|im_end|>\n", None, "<|im_start|>assistant\n")
+        with pytest.raises(BackendError, match="NaN"):
+            list(backend.stream(prompt, GenerationParams(max_tokens=4)))
+    finally:
+        backend.close()
+
+
+def test_non_finite_soft_tokens_are_refused() -> None:
+    from curp_chain.personalizer import check_soft_tokens
+
+    soft = torch.zeros(2, 3).numpy()
+    soft[1, 2] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN"):
+        check_soft_tokens(soft)
