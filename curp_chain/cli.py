@@ -13,6 +13,7 @@ from curp_chain.errors import CurpError, InvalidHistoryItemError
 from curp_chain.history import NewHistoryItem, validate_user_id
 from curp_chain.ingest import DEFAULT_BATCH_SIZE
 
+
 def read_history_file(path: Path, *, truncate: bool = False) -> list[NewHistoryItem]:
     """The checked items of a history file (see `curp_chain.ingest.read_history_file`)."""
     return [parsed.item for parsed in ingest.read_history_file(path, truncate=truncate)]

@@ -179,7 +179,9 @@ def _check_item(index: int, raw: object, truncate: bool, max_chars: int) -> NewH
 
 
 def _fail(index: int, rule: str, message: str) -> InvalidHistoryItemError:
-    return InvalidHistoryItemError(f"item {index} {message}; nothing stored", index=index, rule=rule)
+    return InvalidHistoryItemError(
+        f"item {index} {message}; nothing stored", index=index, rule=rule
+    )
 
 
 def _check_text(index: int, text: object, truncate: bool, max_chars: int) -> str:
@@ -226,7 +228,9 @@ def _check_created_at(index: int, value: object) -> datetime | None:
         return None
     if not isinstance(value, datetime):
         raise _fail(
-            index, "created_at", f"has created_at of type {type(value).__name__}; expected a datetime"
+            index,
+            "created_at",
+            f"has created_at of type {type(value).__name__}; expected a datetime",
         )
     # Checked before converting: astimezone() overflows near years 1 and 9999.
     if not MIN_YEAR <= value.year <= MAX_YEAR or not MIN_YEAR <= _utc(value).year <= MAX_YEAR:
@@ -250,7 +254,9 @@ def _check_metadata(index: int, metadata: object) -> dict[str, Any]:
     try:
         size = len(json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:  # e.g. an int too long to print
-        raise _fail(index, "metadata", f"has metadata that is not JSON-serialisable ({exc})") from None
+        raise _fail(
+            index, "metadata", f"has metadata that is not JSON-serialisable ({exc})"
+        ) from None
     if size > MAX_METADATA_BYTES:
         raise _fail(
             index,

@@ -58,7 +58,9 @@ def read_history_file(path: str | Path, *, truncate: bool = False) -> list[Parse
         raise CurpError(
             f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
         ) from None
-    return parse_history(data, jsonl=path.suffix in JSONL_SUFFIXES, source=str(path), truncate=truncate)
+    return parse_history(
+        data, jsonl=path.suffix in JSONL_SUFFIXES, source=str(path), truncate=truncate
+    )
 
 
 def parse_history(
@@ -83,9 +85,7 @@ def parse_history(
         more = len(problems) - len(shown)
         raise InvalidHistoryItemError(
             f"{len(problems)} bad line{'s' if len(problems) > 1 else ''} in {source}; nothing "
-            "stored:\n  "
-            + "\n  ".join(shown)
-            + (f"\n  ... and {more} more" if more else ""),
+            "stored:\n  " + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""),
             rule="file",
         )
     return parsed
@@ -150,7 +150,7 @@ def _json_type(value: object) -> str:
 
 
 def _without_item_prefix(message: str) -> str:
-    """"item 0 has kind ..." -> "has kind ..." (the line number replaces the index)."""
+    """ "item 0 has kind ..." -> "has kind ..." (the line number replaces the index)."""
     return message.removeprefix("item 0 ").removesuffix("; nothing stored")
 
 
@@ -180,9 +180,7 @@ def ingest(
             already[digest] -= 1
         else:
             todo.append(item)
-    with tqdm(
-        total=len(todo), unit="item", desc="ingest", disable=not progress or not todo
-    ) as bar:
+    with tqdm(total=len(todo), unit="item", desc="ingest", disable=not progress or not todo) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             personalizer.add_history(user_id, batch)

@@ -50,7 +50,9 @@ class HistoryStore(Protocol):
         """Cached codes of the user's newest ``limit`` items, and those items lacking codes."""
         ...
 
-    def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> AbstractSet[int]:
+    def save_codes(
+        self, codes: Mapping[int, Sequence[int]], codebook_version: str
+    ) -> AbstractSet[int]:
         """Cache codes for existing items (item id -> codes); returns the ids saved, leaving
         out items deleted meanwhile."""
         ...

@@ -69,7 +69,7 @@ def test_a_bad_file_is_rejected_with_its_line_and_nothing_is_stored(
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": ""}\n')
     assert main(["ingest", "--store", store_url, "--user", "eve", str(bad)]) == 2
-    assert "item 1 is empty" in capsys.readouterr().err
+    assert "bad.jsonl:2: is empty or whitespace" in capsys.readouterr().err
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "fine"}\n{oops\n')
     with pytest.raises(InvalidHistoryItemError, match="broken.jsonl:2"):

@@ -41,7 +41,9 @@ def _nested(depth: int) -> dict[str, Any]:
         (NewHistoryItem("ok", kind="k" * 65), "kind", "at most 64"),
         (NewHistoryItem("ok", created_at=datetime(1, 1, 1, tzinfo=UTC)), "created_at", "1900"),
         (
-            NewHistoryItem("ok", created_at=datetime(9999, 12, 31, tzinfo=timezone(-timedelta(hours=5)))),
+            NewHistoryItem(
+                "ok", created_at=datetime(9999, 12, 31, tzinfo=timezone(-timedelta(hours=5)))
+            ),
             "created_at",
             "2200",
         ),
@@ -118,7 +120,9 @@ def test_user_ids_are_nfc_normalised_and_keep_case() -> None:
     assert validate_user_id("ｂｏｂ") == "ｂｏｂ"  # compatibility forms are not folded
 
 
-@pytest.mark.parametrize("user_id", [" bob", "bob ", "bob\n", "b\tob", "b\x00b", "b\x7fb", "\ud800"])
+@pytest.mark.parametrize(
+    "user_id", [" bob", "bob ", "bob\n", "b\tob", "b\x00b", "b\x7fb", "\ud800"]
+)
 def test_user_ids_with_whitespace_around_or_control_characters_are_refused(user_id: str) -> None:
     with pytest.raises(InvalidUserIdError):
         validate_user_id(user_id)
@@ -131,16 +135,26 @@ def test_inner_spaces_and_symbols_are_kept() -> None:
 
 # --- Properties ---------------------------------------------------------------------------
 
-json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
 json_value = st.recursive(
     json_leaf,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 any_value = st.recursive(
     json_leaf | st.binary() | st.datetimes() | st.just(float("nan")),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 
@@ -159,7 +173,9 @@ def _storable(text: str) -> bool:
 def test_validator_either_accepts_storable_items_or_raises_the_project_error(
     text: str, kind: str, metadata: dict[str, Any], year: int
 ) -> None:
-    item = NewHistoryItem(text, kind=kind, created_at=datetime(year, 6, 1, tzinfo=UTC), metadata=metadata)
+    item = NewHistoryItem(
+        text, kind=kind, created_at=datetime(year, 6, 1, tzinfo=UTC), metadata=metadata
+    )
     try:
         (checked,) = normalize_items([item])
     except InvalidHistoryItemError as error:
@@ -206,7 +222,9 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def test_content_hash_depends_on_every_field() -> None:
-    base = NewHistoryItem("x", kind="k", created_at=datetime(2024, 1, 1, tzinfo=UTC), metadata={"a": 1})
+    base = NewHistoryItem(
+        "x", kind="k", created_at=datetime(2024, 1, 1, tzinfo=UTC), metadata={"a": 1}
+    )
     variants = [
         NewHistoryItem("y", "k", base.created_at, {"a": 1}),
         NewHistoryItem("x", "j", base.created_at, {"a": 1}),
@@ -214,5 +232,7 @@ def test_content_hash_depends_on_every_field() -> None:
         NewHistoryItem("x", "k", base.created_at, {"a": 2}),
     ]
     assert len({content_hash(base), *map(content_hash, variants)}) == 5
-    same_instant = NewHistoryItem("x", "k", datetime(2024, 1, 1, 2, tzinfo=timezone(timedelta(hours=2))), {"a": 1})
+    same_instant = NewHistoryItem(
+        "x", "k", datetime(2024, 1, 1, 2, tzinfo=timezone(timedelta(hours=2))), {"a": 1}
+    )
     assert content_hash(same_instant) == content_hash(base)

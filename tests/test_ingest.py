@@ -144,7 +144,12 @@ def test_parser_returns_each_line_unchanged(lines: list[str], crlf: bool) -> Non
 
 
 def _curp(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "stores"), str(ROOT / "integrations")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), str(ROOT / "stores"), str(ROOT / "integrations")]
+        ),
+    }
     return subprocess.run(
         [sys.executable, "-m", "curp_chain.cli", *args],
         capture_output=True,
@@ -159,7 +164,11 @@ def _curp(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     ("name", "content", "message"),
     [
         ("latin1.txt", "caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
-        ("deep.jsonl", ('{"text": "x", "metadata": ' + "[" * 100000 + "]" * 100000 + "}\n").encode(), "nested"),
+        (
+            "deep.jsonl",
+            ('{"text": "x", "metadata": ' + "[" * 100000 + "]" * 100000 + "}\n").encode(),
+            "nested",
+        ),
         ("meta.jsonl", b'{"text": "x", "metadata": []}\n', "must be a JSON object"),
         ("empty.txt", b"\n  \n", "holds no history items"),
         ("surrogate.jsonl", b'{"text": "\\udc00"}\n', "unpaired surrogate"),
@@ -208,10 +217,27 @@ def test_kill_9_mid_ingest_then_rerun_stores_exactly_the_file(tmp_path: Path) ->
     lines.append(lines[0])
     path.write_text("\n".join(lines) + "\n")
     db = tmp_path / "h.sqlite"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "stores"), str(ROOT / "integrations")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), str(ROOT / "stores"), str(ROOT / "integrations")]
+        ),
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "curp_chain.cli", "ingest", "--store", f"sqlite:///{db}",
-         "--user", "ada", "--batch-size", str(batch), "--no-progress", str(path)],
+        [
+            sys.executable,
+            "-m",
+            "curp_chain.cli",
+            "ingest",
+            "--store",
+            f"sqlite:///{db}",
+            "--user",
+            "ada",
+            "--batch-size",
+            str(batch),
+            "--no-progress",
+            str(path),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -226,16 +252,30 @@ def test_kill_9_mid_ingest_then_rerun_stores_exactly_the_file(tmp_path: Path) ->
     assert 0 < stored_before < n_lines
     assert stored_before % batch == 0  # each batch is all or nothing
 
-    result = _curp("ingest", "--store", f"sqlite:///{db}", "--user", "ada",
-                   "--batch-size", str(batch), "--no-progress", str(path))
+    result = _curp(
+        "ingest",
+        "--store",
+        f"sqlite:///{db}",
+        "--user",
+        "ada",
+        "--batch-size",
+        str(batch),
+        "--no-progress",
+        str(path),
+    )
     assert result.returncode == 0, result.stderr
-    assert f"stored {n_lines - stored_before} items for ada ({stored_before} already stored" in result.stdout
+    assert (
+        f"stored {n_lines - stored_before} items for ada ({stored_before} already stored"
+        in result.stdout
+    )
     with sqlite3.connect(db) as connection:
         texts = sorted(t for (t,) in connection.execute("SELECT text FROM curp_history_items"))
         codes = connection.execute("SELECT count(*) FROM curp_item_codes").fetchone()[0]
     assert texts == sorted(lines)
     assert codes == n_lines  # every item encoded, none twice
 
-    again = _curp("ingest", "--store", f"sqlite:///{db}", "--user", "ada", "--no-progress", str(path))
+    again = _curp(
+        "ingest", "--store", f"sqlite:///{db}", "--user", "ada", "--no-progress", str(path)
+    )
     assert again.returncode == 0 and "stored 0 items" in again.stdout
     assert _count(db) == n_lines

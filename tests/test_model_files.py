@@ -78,8 +78,8 @@ def test_bundled_gguf_named_explicitly_is_accepted_by_the_bundled_checkpoint() -
 
 
 def test_scrambled_gguf_weights_give_a_backend_error_not_an_empty_reply(tmp_path: Path) -> None:
-    from curp_chain_integrations.llamacpp import LlamaCppBackend, smollm2_gguf_path
     from curp_chain.protocols import GenerationParams, SoftPrompt
+    from curp_chain_integrations.llamacpp import LlamaCppBackend, smollm2_gguf_path
 
     data = bytearray(smollm2_gguf_path().read_bytes())
     # Overwrite the second half of the file (tensor data) with 0xFF bytes: in f16/q-block
@@ -104,3 +104,22 @@ def test_non_finite_soft_tokens_are_refused() -> None:
     soft[1, 2] = float("nan")
     with pytest.raises(CheckpointError, match="NaN"):
         check_soft_tokens(soft)
+
+
+def test_broken_transformers_weights_cache_is_rebuilt() -> None:
+    from curp_chain_integrations.hf import CACHE_MANIFEST, _cache_dir, load_gguf_as_hf
+    from curp_chain_integrations.llamacpp import smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    model, _ = load_gguf_as_hf(gguf)  # builds the cache, or reuses the session's
+    cache = _cache_dir(gguf)
+    assert (cache / CACHE_MANIFEST).is_file()
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    weights = cache / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as file:  # what a kill during the save used to leave
+        file.truncate(size // 3)
+    rebuilt, _ = load_gguf_as_hf(gguf)
+    assert weights.stat().st_size == size
+    name, expected = next(iter(model.state_dict().items()))
+    assert torch.equal(rebuilt.state_dict()[name], expected)

@@ -246,12 +246,12 @@ def test_save_codes_replaces_codes_of_the_same_version(store: SQLHistoryStore) -
     assert _rows(store, "curp_item_codes") == 2
 
 
-def test_save_codes_for_unknown_item_saves_nothing(store: SQLHistoryStore) -> None:
+def test_save_codes_for_unknown_item_skips_it(store: SQLHistoryStore) -> None:
     (item,) = store.add_items("ana", ["a"])
-    with pytest.raises(StoreError, match=str(item.id + 1000)):
-        store.save_codes({item.id: [1], item.id + 1000: [2]}, "v1")
-    assert store.get_codes("ana", "v1").encoded == []
-    assert _rows(store, "curp_item_codes") == 0
+    saved = store.save_codes({item.id: [1], item.id + 1000: [2]}, "v1")
+    assert saved == {item.id}
+    assert store.get_codes("ana", "v1").encoded == [ItemCodes(item.id, (1,))]
+    assert _rows(store, "curp_item_codes") == 1
 
 
 def test_save_codes_many_items(store: SQLHistoryStore) -> None:
@@ -446,8 +446,8 @@ def test_deleted_item_ids_are_not_reused(store: SQLHistoryStore) -> None:
     store.delete_user("ana")
     (new,) = store.add_items("bob", ["b"])
     assert new.id > old.id
-    with pytest.raises(StoreError):
-        store.save_codes({old.id: [1]}, "v1")
+    assert store.save_codes({old.id: [1]}, "v1") == set()
+    assert _rows(store, "curp_item_codes") == 0
 
 
 def test_list_users_counts(store: SQLHistoryStore) -> None:
@@ -600,9 +600,10 @@ def test_migrations_create_what_the_models_describe(store: SQLHistoryStore) -> N
         assert foreign_keys == {
             ((fk.parent.name,), fk.column.table.name, fk.ondelete) for fk in table.foreign_keys
         }, name
-    assert inspector.get_indexes("curp_history_items")[0]["name"] == (
-        "ix_curp_history_items_user_created"
-    )
+    assert {i["name"] for i in inspector.get_indexes("curp_history_items")} == {
+        "ix_curp_history_items_user_created",
+        "ix_curp_history_items_user_hash",
+    }
 
 
 # --- Engine and errors --------------------------------------------------------------------

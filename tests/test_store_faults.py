@@ -1,12 +1,13 @@
+# ruff: noqa: F811  (the database and store fixtures are imported from test_store)
 """The history store under faults: old and damaged schemas, a busy SQLite, and races with
 forget_user, on a SQLite file and PostgreSQL (and in-memory SQLite where it applies)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from curp_chain_stores.models import Base, ItemId, UTCDateTime
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def _file_or_postgres(database: Database) -> None:  # noqa: F811
+def _file_or_postgres(database: Database) -> None:
     if database.kind == "sqlite-memory":
         pytest.skip("needs separate connections")
 
@@ -37,11 +38,13 @@ def _file_or_postgres(database: Database) -> None:  # noqa: F811
 def _make_v1(store: SQLHistoryStore, rows: list[dict[str, Any]]) -> None:
     """A version 1 database as curp-chain-stores 0.1 made it: its DDL, its rows."""
     metadata = MetaData()
-    users = Table("curp_users", metadata, Column("id", String(255)), Column("created_at", UTCDateTime()))
+    users = Table(
+        "curp_users", metadata, Column("id", String(255)), Column("created_at", UTCDateTime())
+    )
     items = Table(
         "curp_history_items",
         metadata,
-        Column("id", ItemId),
+        Column("id", ItemId, primary_key=True, autoincrement=True),
         Column("user_id", String(255)),
         Column("text", Text),
         Column("kind", String(64)),
@@ -51,14 +54,19 @@ def _make_v1(store: SQLHistoryStore, rows: list[dict[str, Any]]) -> None:
     with store.engine.begin() as connection:
         _create_v1(connection)
         Base.metadata.tables["curp_schema_version"].create(connection)
-        connection.execute(insert(Base.metadata.tables["curp_schema_version"]).values(id=1, version=1))
-        connection.execute(insert(users), [{"id": u, "created_at": T0} for u in {r["user_id"] for r in rows}])
-        connection.execute(insert(items), rows)
+        connection.execute(
+            insert(Base.metadata.tables["curp_schema_version"]).values(id=1, version=1)
+        )
+        connection.execute(
+            insert(users), [{"id": u, "created_at": T0} for u in {r["user_id"] for r in rows}]
+        )
+        for row in rows:  # one at a time: ids in insertion order, from the id sequence
+            connection.execute(insert(items).values(**row))
 
 
 V1_ROWS = [
-    {"id": i + 1, "user_id": user, "text": t, "kind": "note", "created_at": T0, "metadata": m}
-    for i, (user, t, m) in enumerate(
+    {"user_id": user, "text": t, "kind": "note", "created_at": T0, "metadata": m}
+    for user, t, m in (
         [
             ("ana", "first \U0001f389", {"lang": "en"}),
             ("ana", "second\nline", {}),
@@ -69,11 +77,13 @@ V1_ROWS = [
 ]
 
 
-def test_v1_database_is_upgraded_to_v2_and_nothing_is_lost(database: Database) -> None:  # noqa: F811
+def test_v1_database_is_upgraded_to_v2_and_nothing_is_lost(database: Database) -> None:
     store = database.open()
     _make_v1(store, V1_ROWS)
     with store.engine.connect() as connection:
-        assert "content_hash" not in {c["name"] for c in inspect(connection).get_columns("curp_history_items")}
+        assert "content_hash" not in {
+            c["name"] for c in inspect(connection).get_columns("curp_history_items")
+        }
     with pytest.raises(StoreError, match=r"schema version 1, this code needs 2"):
         store.get_items("ana")
     store.setup()
@@ -81,23 +91,28 @@ def test_v1_database_is_upgraded_to_v2_and_nothing_is_lost(database: Database) -
     for user in ("ana", "bob"):
         items = sorted(fresh.get_items(user), key=lambda item: item.id)
         expected = [r for r in V1_ROWS if r["user_id"] == user]
-        assert [(i.id, i.text, i.kind, i.created_at, dict(i.metadata)) for i in items] == [
-            (r["id"], r["text"], r["kind"], r["created_at"], r["metadata"]) for r in expected
+        assert [(i.text, i.kind, i.created_at, dict(i.metadata)) for i in items] == [
+            (r["text"], r["kind"], r["created_at"], r["metadata"]) for r in expected
         ]
     # The backfilled hashes are those of the items as stored, so a rerun finds them.
     row = V1_ROWS[2]
-    digest = content_hash(NewHistoryItem(row["text"], row["kind"], row["created_at"], row["metadata"]))
+    digest = content_hash(
+        NewHistoryItem(row["text"], row["kind"], row["created_at"], row["metadata"])
+    )
     assert fresh.count_by_hash("bob", [digest, "0" * 64]) == {digest: 1}
     with fresh.engine.connect() as connection:
         assert schema_differences(connection) == []
         version = connection.scalar(text("SELECT version FROM curp_schema_version"))
     assert version == SCHEMA_VERSION == 2
     # New items after the upgrade get a new id, never one of the migrated ones.
+    old_ids = {i.id for user in ("ana", "bob") for i in fresh.get_items(user)}
     (new,) = fresh.add_items("ana", ["after"])
-    assert new.id > max(r["id"] for r in V1_ROWS)
+    assert len(old_ids) == len(V1_ROWS) and new.id > max(old_ids)
 
 
-def test_tables_without_a_version_row_are_explained_then_adopted(store: SQLHistoryStore, database: Database) -> None:  # noqa: F811
+def test_tables_without_a_version_row_are_explained_then_adopted(
+    store: SQLHistoryStore, database: Database
+) -> None:
     store.add_items("ana", ["kept"])
     with store.engine.begin() as connection:
         connection.execute(text("DELETE FROM curp_schema_version"))
@@ -112,12 +127,18 @@ def test_tables_without_a_version_row_are_explained_then_adopted(store: SQLHisto
     ("damage", "named"),
     [
         ("DROP INDEX ix_curp_history_items_user_hash", "index ix_curp_history_items_user_hash"),
-        ("ALTER TABLE curp_history_items ADD COLUMN extra TEXT", "curp_history_items.extra is not in the models"),
+        (
+            "ALTER TABLE curp_history_items ADD COLUMN extra TEXT",
+            "curp_history_items.extra is not in the models",
+        ),
         ("DROP TABLE curp_item_codes", "table curp_item_codes is missing"),
     ],
 )
 def test_setup_checks_the_live_schema_and_names_what_differs(
-    store: SQLHistoryStore, database: Database, damage: str, named: str  # noqa: F811
+    store: SQLHistoryStore,
+    database: Database,
+    damage: str,
+    named: str,
 ) -> None:
     store.add_items("ana", ["kept"])
     with store.engine.begin() as connection:
@@ -126,7 +147,7 @@ def test_setup_checks_the_live_schema_and_names_what_differs(
         database.open().setup()
 
 
-def test_missing_column_is_named(database: Database) -> None:  # noqa: F811
+def test_missing_column_is_named(database: Database) -> None:
     store = database.open()
     _make_v1(store, V1_ROWS[:1])
     with store.engine.begin() as connection:  # a v2 version row on v1 tables
@@ -172,7 +193,8 @@ def test_sqlite_writer_waits_for_a_long_lock_instead_of_failing(tmp_path: Path) 
 
 
 def test_add_items_racing_delete_user_loses_nothing_and_raises_nothing(
-    store: SQLHistoryStore, database: Database  # noqa: F811
+    store: SQLHistoryStore,
+    database: Database,
 ) -> None:
     _file_or_postgres(database)
     writers = [database.open() for _ in range(3)]
@@ -186,14 +208,14 @@ def test_add_items_racing_delete_user_loses_nothing_and_raises_nothing(
         try:
             for round_ in range(25):
                 added.append(len(worker.add_items("u", [f"w{n} r{round_} a", f"w{n} r{round_} b"])))
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             errors.append(exc)
 
     def delete() -> None:
         try:
             while not stop.is_set():
                 removed.append(deleter.delete_user("u"))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(w, n)) for n, w in enumerate(writers)]
@@ -233,7 +255,9 @@ class _ForgetsAfterRead(SQLHistoryStore):
         return result
 
 
-def test_a_request_racing_forget_user_answers_as_for_an_unknown_user(encoder: Any, tmp_path: Path) -> None:
+def test_a_request_racing_forget_user_answers_as_for_an_unknown_user(
+    encoder: Any, tmp_path: Path
+) -> None:
     from curp_chain.checkpoint import load_checkpoint
     from curp_chain.personalizer import Personalizer
 
@@ -249,9 +273,9 @@ def test_a_request_racing_forget_user_answers_as_for_an_unknown_user(encoder: An
 
 # --- Round trip, byte for byte ----------------------------------------------------------------
 
-storable_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=80).filter(
-    lambda t: bool(t.strip())
-)
+storable_text = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=80
+).filter(lambda t: bool(t.strip()))
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | storable_text
 metadata_values = st.recursive(
     json_scalars,
@@ -260,7 +284,9 @@ metadata_values = st.recursive(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     texts=st.lists(storable_text, min_size=1, max_size=4),
     kind=storable_text.filter(lambda k: len(k) <= 64),
@@ -269,7 +295,12 @@ metadata_values = st.recursive(
     micros=st.integers(0, 999_999),
 )
 def test_what_is_stored_is_what_is_read_back(
-    store: SQLHistoryStore, texts: list[str], kind: str, metadata: dict[str, Any], seconds: int, micros: int  # noqa: F811
+    store: SQLHistoryStore,
+    texts: list[str],
+    kind: str,
+    metadata: dict[str, Any],
+    seconds: int,
+    micros: int,
 ) -> None:
     created = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
     batch = [NewHistoryItem(t, kind, created, metadata) for t in texts]

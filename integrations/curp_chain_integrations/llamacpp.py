@@ -47,9 +47,9 @@ def smollm2_gguf_path() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-KNOWN_MODEL_IDS = {"SmolLM2 135M Instruct": SMOLLM2_ID, "SmolLM2-135M-Instruct": SMOLLM2_ID}
-"""GGUF ``general.name`` / ``general.basename`` values of models whose checkpoints record
-their Hugging Face id instead."""
+KNOWN_MODEL_IDS = {"Smollm2 135M 8k Lc100K Mix1 Ep2": SMOLLM2_ID}
+"""GGUF ``general.name`` values of models whose checkpoints record their Hugging Face id
+instead (the bundled SmolLM2-135M-Instruct names itself after its training run)."""
 
 
 def check_model_file(model_path: str | Path | None) -> Path:
@@ -57,8 +57,7 @@ def check_model_file(model_path: str | Path | None) -> Path:
     path = Path(model_path) if model_path is not None else smollm2_gguf_path()
     if not path.is_file():
         raise ModelFileNotFoundError(
-            f"GGUF model file not found: {path}"
-            + (" (it is a directory)" if path.is_dir() else "")
+            f"GGUF model file not found: {path}" + (" (it is a directory)" if path.is_dir() else "")
         )
     return path
 
@@ -67,16 +66,16 @@ def model_id_from_gguf(path: Path, metadata: Mapping[str, str]) -> str:
     """The id checkpoints record for this model: from the GGUF's own metadata (name,
     size label, fine-tune), so a renamed or copied file keeps its identity; the file name
     only when the metadata names nothing."""
-    for key in ("general.name", "general.basename"):
-        name = metadata.get(key, "").strip()
-        if name in KNOWN_MODEL_IDS:
-            return KNOWN_MODEL_IDS[name]
     name = metadata.get("general.name", "").strip()
     if name:
-        return name
+        return KNOWN_MODEL_IDS.get(name, name)
     basename = metadata.get("general.basename", "").strip()
     if basename:
-        parts = [basename, metadata.get("general.size_label", ""), metadata.get("general.finetune", "")]
+        parts = [
+            basename,
+            metadata.get("general.size_label", ""),
+            metadata.get("general.finetune", ""),
+        ]
         return "-".join(p.strip() for p in parts if p.strip())
     return path.stem
 
@@ -99,9 +98,7 @@ def gguf_problem(path: Path) -> str | None:
         reader = GGUFReader(str(path))
     except Exception as error:  # the reader raises ValueError, KeyError, struct errors
         return f"the GGUF header is damaged or truncated ({type(error).__name__}: {error})"
-    end = max(
-        (int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0
-    )
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size:
         return f"the file is truncated: its tensors need {end:,} bytes, it has {size:,}"
     return None

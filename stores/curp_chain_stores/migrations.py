@@ -27,9 +27,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
-    inspect,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -109,21 +110,34 @@ def _add_content_hash_v2(connection: Connection) -> None:
         Column("content_hash", String(64), nullable=True),
     )
     column = items.c.content_hash
-    # Constant DDL, valid on SQLite and PostgreSQL alike.
-    connection.execute(text("ALTER TABLE curp_history_items ADD COLUMN content_hash VARCHAR(64)"))
+    inspector = inspect(connection)
+    # Each step is skipped if already done, so tables whose version row was lost can be
+    # brought to v2 from wherever they are.
+    if "content_hash" not in {c["name"] for c in inspector.get_columns(items.name)}:
+        # Constant DDL, valid on SQLite and PostgreSQL alike.
+        connection.execute(
+            text("ALTER TABLE curp_history_items ADD COLUMN content_hash VARCHAR(64)")
+        )
     last = None
     while True:
-        query = select(items).order_by(items.c.id).limit(_BACKFILL_CHUNK)
+        query = select(items).where(column.is_(None)).order_by(items.c.id).limit(_BACKFILL_CHUNK)
         rows = connection.execute(query if last is None else query.where(items.c.id > last)).all()
         if not rows:
             break
-        for row in rows:
-            item = NewHistoryItem(row.text, row.kind, row.created_at, row.metadata)
-            connection.execute(
-                update(items).where(items.c.id == row.id).values(content_hash=content_hash(item))
-            )
+        hashes = [
+            {
+                "row_id": row.id,
+                "row_hash": content_hash(
+                    NewHistoryItem(row.text, row.kind, row.created_at, row.metadata)
+                ),
+            }
+            for row in rows
+        ]
+        fill = update(items).where(items.c.id == bindparam("row_id"))
+        connection.execute(fill.values(content_hash=bindparam("row_hash")), hashes)
         last = rows[-1].id
-    Index("ix_curp_history_items_user_hash", items.c.user_id, column).create(connection)
+    index = Index("ix_curp_history_items_user_hash", items.c.user_id, column)
+    index.create(connection, checkfirst=True)
 
 
 Migration = Callable[[Connection], None]
