@@ -142,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CurpError as error:
         print(f"curp: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Stores commit whole batches: what was stored stays, and a rerun skips it.
+        print("curp: interrupted; run the same command again to finish", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ def _count(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_ingest_then_rerun_stores_exactly_the_file(tmp_path: Path) -> None:
     n_lines, batch = 1200, 64
     path = tmp_path / "big.txt"

@@ -79,16 +79,9 @@ def test_bundled_gguf_named_explicitly_is_accepted_by_the_bundled_checkpoint() -
 
 def test_scrambled_gguf_weights_give_a_backend_error_not_an_empty_reply(tmp_path: Path) -> None:
     from curp_chain.protocols import GenerationParams, SoftPrompt
-    from curp_chain_integrations.llamacpp import LlamaCppBackend, smollm2_gguf_path
+    from curp_chain_integrations.llamacpp import LlamaCppBackend
 
-    data = bytearray(smollm2_gguf_path().read_bytes())
-    # Overwrite the second half of the file (tensor data) with 0xFF bytes: in f16/q-block
-    # scales these are NaNs, so every logit becomes NaN.
-    half = len(data) // 2
-    data[half:] = b"\xff" * (len(data) - half)
-    broken = tmp_path / "scrambled.gguf"
-    broken.write_bytes(bytes(data))
-    backend = LlamaCppBackend(broken, n_ctx=256, n_threads=1)
+    backend = LlamaCppBackend(_scrambled_copy(tmp_path), n_ctx=256, n_threads=1)
     try:
         prompt = SoftPrompt("<|im_start|>user\nHi<|im_end|>\n", None, "<|im_start|>assistant\n")
         with pytest.raises(BackendError, match="NaN"):
@@ -106,6 +99,7 @@ def test_non_finite_soft_tokens_are_refused() -> None:
         check_soft_tokens(soft)
 
 
+@pytest.mark.slow
 def test_broken_transformers_weights_cache_is_rebuilt() -> None:
     from curp_chain_integrations.hf import CACHE_MANIFEST, _cache_dir, load_gguf_as_hf
     from curp_chain_integrations.llamacpp import smollm2_gguf_path
@@ -123,3 +117,26 @@ def test_broken_transformers_weights_cache_is_rebuilt() -> None:
     assert weights.stat().st_size == size
     name, expected = next(iter(model.state_dict().items()))
     assert torch.equal(rebuilt.state_dict()[name], expected)
+
+
+def _scrambled_copy(tmp_path: Path) -> Path:
+    from curp_chain_integrations.llamacpp import smollm2_gguf_path
+
+    data = bytearray(smollm2_gguf_path().read_bytes())
+    # 0xFF bytes over the second half (tensor data): f16 block scales become NaN.
+    half = len(data) // 2
+    data[half:] = b"\xff" * (len(data) - half)
+    broken = tmp_path / "scrambled.gguf"
+    broken.write_bytes(bytes(data))
+    return broken
+
+
+@pytest.mark.slow
+def test_scrambled_gguf_weights_give_a_backend_error_through_transformers(tmp_path: Path) -> None:
+    from curp_chain.protocols import GenerationParams, SoftPrompt
+    from curp_chain_integrations.hf import TransformersBackend
+
+    backend = TransformersBackend(_scrambled_copy(tmp_path), use_cache=False)
+    prompt = SoftPrompt("<|im_start|>user\nHi<|im_end|>\n", None, "<|im_start|>assistant\n")
+    with pytest.raises(BackendError, match="NaN"):
+        list(backend.stream(prompt, GenerationParams(max_tokens=4)))

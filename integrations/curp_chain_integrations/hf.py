@@ -143,6 +143,19 @@ def _gguf_model_id(path: Path) -> str:
     return model_id_from_gguf(path, metadata)
 
 
+def _refuse_non_finite(source: Path) -> Any:
+    """A forward hook on the LM head raising BackendError on NaN or +inf logits."""
+
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if bool(torch.isnan(output).any()) or bool(torch.isposinf(output).any()):
+            raise BackendError(
+                f"the model in {source} produced NaN or infinite logits; its weights are "
+                "damaged. Reinstall or re-download the model file."
+            )
+
+    return hook
+
+
 def _kv_cache(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
@@ -166,6 +179,11 @@ class TransformersBackend:
         model, tokenizer = load_gguf_as_hf(path, use_cache=use_cache)
         self.model = model.to(self.device)
         self.model.requires_grad_(False)
+        # Damaged weights give NaN logits, and sampling from them an empty reply that looks
+        # real: refuse them where the logits are made, for every caller of the model.
+        head = self.model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_hook(_refuse_non_finite(path))
         self.tokenizer = tokenizer
         config = self.model.config
         self._context_length = context_length or int(config.max_position_embeddings)
