@@ -47,7 +47,9 @@ def test_missing_store_package_names_its_install_command(monkeypatch: pytest.Mon
 
 
 def test_a_missing_gguf_file_is_named() -> None:
+    from curp_chain.errors import ModelFileNotFoundError
     from curp_chain_integrations.llamacpp import LlamaCppBackend
 
-    with pytest.raises(MissingDependencyError, match="nonexistent.gguf"):
+    # Nothing is missing from the install: the file named is.
+    with pytest.raises(ModelFileNotFoundError, match="nonexistent.gguf"):
         LlamaCppBackend("/tmp/nonexistent.gguf")

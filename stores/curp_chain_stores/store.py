@@ -48,8 +48,8 @@ from curp_chain_stores.models import (
 logger = logging.getLogger(__name__)
 
 Row = TypeVarTuple("Row")
-Key = TypeVar("Key")
 """The column types of a select, kept through `_newest`."""
+Key = TypeVar("Key")
 
 _USER_ATTEMPTS = 5
 """Times add_items recreates a user deleted under it before giving up."""
