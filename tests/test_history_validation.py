@@ -236,3 +236,24 @@ def test_content_hash_depends_on_every_field() -> None:
         "x", "k", datetime(2024, 1, 1, 2, tzinfo=timezone(timedelta(hours=2))), {"a": 1}
     )
     assert content_hash(same_instant) == content_hash(base)
+
+
+@pytest.mark.parametrize(
+    ("bad", "rule"),
+    [
+        ("lone \ud800 surrogate", "text"),  # used to reach the tokenizer: a raw TypeError
+        (NewHistoryItem("ok", kind="a\x00b"), "kind"),  # PostgreSQL refused it after encoding
+        (NewHistoryItem("ok", created_at=datetime(9999, 1, 1, tzinfo=UTC)), "created_at"),
+    ],
+)
+def test_add_history_refuses_a_bad_batch_before_encoding(
+    encoder: Any, memory_store: Any, bad: Any, rule: str
+) -> None:
+    from curp_chain.checkpoint import load_checkpoint
+    from curp_chain.personalizer import Personalizer
+
+    personalizer = Personalizer(load_checkpoint(), encoder, memory_store)
+    with pytest.raises(InvalidHistoryItemError) as caught:
+        personalizer.add_history("ana", ["fine", bad])
+    assert (caught.value.index, caught.value.rule) == (1, rule)
+    assert memory_store.list_users() == []
