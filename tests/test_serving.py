@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from itertools import zip_longest
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from curp_chain import CurpChatModel
 from curp_chain.errors import QueueFullError, RequestTimeoutError
@@ -158,10 +160,19 @@ async def test_each_users_reply_under_concurrency_matches_the_reply_alone(
     assert len({alone[0], alone[2], alone[4], alone[6]}) > 1
 
 
+def test_threads_default_to_half_the_cores_and_are_checked(llama_backend) -> None:  # type: ignore[no-untyped-def]
+    from curp_chain_integrations.llamacpp import default_threads
+
+    assert llama_backend.n_threads == default_threads() == max(1, (os.cpu_count() or 2) // 2)
+    with pytest.raises(ValidationError, match="n_threads"):
+        CurpChatModel(n_threads=0)
+
+
 def test_a_full_queue_and_a_timeout_are_clear_errors(memory_store) -> None:  # type: ignore[no-untyped-def]
     from curp_chain_integrations.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend(n_ctx=512, n_threads=1, slots=1, max_queued=1)
+    assert backend.n_threads == 1
     model = CurpChatModel(backend=backend, history_store=memory_store, max_tokens=200)
     first = model.stream(LONG)
     next(first)  # holds the only slot

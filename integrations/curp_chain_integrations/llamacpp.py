@@ -265,6 +265,11 @@ class LlamaCppBackend:
         return self._special
 
     @property
+    def n_threads(self) -> int:
+        """CPU threads llama.cpp decodes with."""
+        return int(self._lib.llama_n_threads(self._ctx))
+
+    @property
     def scheduler(self) -> RequestScheduler:
         """The queue and worker every request of this backend goes through."""
         return self._scheduler
