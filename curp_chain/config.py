@@ -6,11 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curp_chain.locations import DEFAULT_ENCODER_ID, DEFAULT_LLM_ID
+
 CHECKPOINT_FORMAT_VERSION = 2
 """2: style features, and soft tokens made as a base prompt plus a history-made offset."""
-
-DEFAULT_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_LLM_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 class CurpConfig(BaseModel):

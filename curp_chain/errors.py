@@ -60,3 +60,11 @@ class StoreError(CurpError):
 
 class BackendError(CurpError, RuntimeError):
     """The LLM backend failed (a native call returned an error code)."""
+
+
+class QueueFullError(CurpError):
+    """Too many requests are waiting for the model; retry later or raise the queue size."""
+
+
+class RequestTimeoutError(CurpError, TimeoutError):
+    """A request did not finish within its timeout; its generation was stopped."""

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from curp_chain.config import DEFAULT_LLM_ID
 from curp_chain.errors import CheckpointError
+from curp_chain.locations import DEFAULT_LLM_ID
 
 TASK_PROMPT_KIND = "task-prompt"
 

@@ -29,8 +29,9 @@ def random_soft(seed: int, n: int = 5) -> np.ndarray:
 
 
 def prefill_logits(backend, segments) -> np.ndarray:  # type: ignore[no-untyped-def]
-    backend._clear_cache()
-    backend._prefill(segments)
+    # Straight on the native context, in sequence 0: no request is running meanwhile.
+    backend._clear_sequence(0)
+    backend._prefill(0, segments)
     return backend._last_logits()
 
 

@@ -25,7 +25,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from curp_chain.defaults import curp_home
 from curp_chain.eval.lamp import LampExample, load_lamp
 from curp_chain.eval.methods import (
     METHODS,
@@ -35,6 +34,7 @@ from curp_chain.eval.methods import (
     parse_methods,
 )
 from curp_chain.eval.metrics import clean_reply, normalized, rouge
+from curp_chain.locations import curp_home
 from curp_chain.protocols import GenerationParams, SoftPrompt
 from curp_chain.scoring import collate, teacher_forced_example, token_losses
 

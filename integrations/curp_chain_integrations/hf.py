@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from curp_chain.defaults import curp_home
 from curp_chain.errors import BackendError, ContextLengthError, MissingDependencyError
 from curp_chain.generation import Logits, banned_by_ngrams, decode_loop
+from curp_chain.locations import curp_home
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
+from curp_chain.scheduler import GenerationStream, RequestScheduler
 from curp_chain_integrations.llamacpp import (
     check_model_file,
     gguf_problem,
@@ -162,7 +164,11 @@ def _kv_cache(output: Any) -> Any:
 
 
 class TransformersBackend:
-    """A causal LM run by transformers on CPU or GPU, accepting soft prompts."""
+    """A causal LM run by transformers on CPU or GPU, accepting soft prompts.
+
+    Requests queue on the backend's scheduler: one worker thread decodes up to ``slots`` of
+    them interleaved, each with its own KV cache; ``max_queued`` more may wait.
+    """
 
     def __init__(
         self,
@@ -172,6 +178,8 @@ class TransformersBackend:
         device: str | None = None,
         context_length: int | None = None,
         use_cache: bool = True,
+        slots: int = 4,
+        max_queued: int = 64,
     ):
         path = check_model_file(model_path)
         self._model_id = model_id or _gguf_model_id(path)
@@ -187,7 +195,11 @@ class TransformersBackend:
         self.tokenizer = tokenizer
         config = self.model.config
         self._context_length = context_length or int(config.max_position_embeddings)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # generate_batch: one batch job at a time
+        self._scheduler = RequestScheduler(
+            f"transformers {path.name}", slots=slots, max_queued=max_queued
+        )
+        weakref.finalize(self, self._scheduler.close)
         self._special = {
             "bos_token": tokenizer.bos_token or "",
             "eos_token": tokenizer.eos_token or "",
@@ -217,6 +229,11 @@ class TransformersBackend:
     def special_tokens(self) -> Mapping[str, str]:
         return self._special
 
+    @property
+    def scheduler(self) -> RequestScheduler:
+        """The queue and worker every request of this backend goes through."""
+        return self._scheduler
+
     def tokenize(self, text: str) -> list[int]:
         """Token ids of already-templated text (special tokens parsed, none added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -243,13 +260,9 @@ class TransformersBackend:
             parts.append(self.embed_tokens(after))
         return torch.cat(parts)
 
-    @torch.no_grad()
-    def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
-        if params.json_schema is not None:
-            raise BackendError(
-                "replies constrained to a JSON Schema need llama.cpp's grammar engine; "
-                "use the llama.cpp backend (backend_kind='llamacpp')"
-            )
+    def _checked_prompt(
+        self, prompt: SoftPrompt
+    ) -> tuple[list[int], torch.Tensor | None, list[int]]:
         before, after = self.tokenize(prompt.before), self.tokenize(prompt.after)
         soft = None
         if prompt.soft is not None and len(prompt.soft):
@@ -261,36 +274,66 @@ class TransformersBackend:
             if not after:
                 raise BackendError("a soft prompt must be followed by text")
             soft = torch.from_numpy(np.asarray(prompt.soft, dtype=np.float32))
-        n_soft = 0 if soft is None else len(soft)
-        n_input = len(before) + n_soft + len(after)
+        n_input = len(before) + (0 if soft is None else len(soft)) + len(after)
         if n_input >= self._context_length:
             raise ContextLengthError(
-                f"the prompt needs {n_input} tokens ({n_soft} of them soft); the context window "
-                f"is {self._context_length}. Shorten the messages."
+                f"the prompt needs {n_input} tokens ({n_input - len(before) - len(after)} of "
+                f"them soft); the context window is {self._context_length}. "
+                "Shorten the messages."
             )
-        with self._lock:
-            embeds = self.prompt_embeddings(before, soft, after)[None]
-            out = self.model(inputs_embeds=embeds, use_cache=True)
-            state = {"cache": _kv_cache(out)}
+        return before, soft, after
 
-            def feed(token: int) -> Logits:
-                ids = torch.tensor([[token]], device=self.device)
-                step = self.model(
-                    input_ids=ids, use_cache=True, **{self._cache_argument: state["cache"]}
-                )
-                state["cache"] = _kv_cache(step)
-                return step.logits[0, -1].float().cpu().numpy()
-
-            yield from decode_loop(
-                out.logits[0, -1].float().cpu().numpy(),
-                feed,
-                self.detokenize,
-                lambda token: token in self._end_ids,
-                params,
-                max_new_tokens=min(params.max_tokens, self._context_length - n_input),
-                input_tokens=n_input,
-                soft_tokens=n_soft,
+    def submit(
+        self, prompt: SoftPrompt, params: GenerationParams, *, timeout: float | None = None
+    ) -> GenerationStream[GenerationChunk]:
+        """Queue a request; read its chunks from the returned stream (sync or async)."""
+        if params.json_schema is not None:
+            raise BackendError(
+                "replies constrained to a JSON Schema need llama.cpp's grammar engine; "
+                "use the llama.cpp backend (backend_kind='llamacpp')"
             )
+        before, soft, after = self._checked_prompt(prompt)
+        return self._scheduler.submit(
+            lambda _slot: self._generate(before, soft, after, params), timeout=timeout
+        )
+
+    def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
+        """The request's chunks; closing the iterator stops its generation."""
+        return self.submit(prompt, params)
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        before: list[int],
+        soft: torch.Tensor | None,
+        after: list[int],
+        params: GenerationParams,
+    ) -> Iterator[GenerationChunk]:
+        """Prefill and decode with a KV cache of this request's own (on the worker)."""
+        n_soft = 0 if soft is None else len(soft)
+        n_input = len(before) + n_soft + len(after)
+        embeds = self.prompt_embeddings(before, soft, after)[None]
+        out = self.model(inputs_embeds=embeds, use_cache=True)
+        state = {"cache": _kv_cache(out)}
+
+        def feed(token: int) -> Logits:
+            ids = torch.tensor([[token]], device=self.device)
+            step = self.model(
+                input_ids=ids, use_cache=True, **{self._cache_argument: state["cache"]}
+            )
+            state["cache"] = _kv_cache(step)
+            return step.logits[0, -1].float().cpu().numpy()
+
+        yield from decode_loop(
+            out.logits[0, -1].float().cpu().numpy(),
+            feed,
+            self.detokenize,
+            lambda token: token in self._end_ids,
+            params,
+            max_new_tokens=min(params.max_tokens, self._context_length - n_input),
+            input_tokens=n_input,
+            soft_tokens=n_soft,
+        )
 
     @torch.no_grad()
     def generate_batch(

