@@ -152,8 +152,9 @@ class TransformersBackend:
     def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
         if params.json_schema is not None:
             raise BackendError(
-                "replies constrained to a JSON Schema need llama.cpp's grammar engine; "
-                "use the llama.cpp backend (backend_kind='llamacpp')"
+                "tool calls and structured output decode under a grammar, and the "
+                "transformers backend has no grammar engine; use the llama.cpp backend "
+                "(backend_kind='llamacpp')"
             )
         before, after = self.tokenize(prompt.before), self.tokenize(prompt.after)
         soft = None

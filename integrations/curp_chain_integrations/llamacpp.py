@@ -9,6 +9,7 @@ between requests, so one user's soft prompt can never serve another's.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import json
 import os
@@ -136,6 +137,31 @@ class JsonSchemaGrammar:
         if self._sampler:
             self._lib.llama_sampler_free(self._sampler)
             self._sampler = None
+
+
+class JsonOrText:
+    """A JSON Schema grammar that the first token may opt out of: a first token starting
+    with ``{`` commits the reply to the grammar, any other to free text (tool calling with
+    ``tool_choice="auto"``: the model chooses between a call and a reply)."""
+
+    def __init__(self, grammar: JsonSchemaGrammar, brace_tokens: np.ndarray):
+        self._grammar = grammar
+        self._brace = brace_tokens  # (n_vocab,) bool: the token's text starts with "{"
+        self._json: bool | None = None
+
+    def allowed(self, logits: Logits) -> Logits:
+        if self._json is None:
+            return np.where(self._brace, self._grammar.allowed(logits), logits)
+        return self._grammar.allowed(logits) if self._json else logits
+
+    def accept(self, token: int) -> None:
+        if self._json is None:
+            self._json = bool(self._brace[token])
+        if self._json:
+            self._grammar.accept(token)
+
+    def close(self) -> None:
+        self._grammar.close()
 
 
 class LlamaCppBackend:
@@ -294,9 +320,7 @@ class LlamaCppBackend:
         segments: list[tuple[str, Any]] = [("tokens", before)]
         if len(soft):
             segments += [("embd", soft), ("tokens", after)]
-        grammar = None
-        if params.json_schema is not None:
-            grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
+        grammar = self.constraint(params)
         with self._lock:
             try:
                 yield from self._generate(segments, grammar, params, n_input, len(soft))
@@ -304,10 +328,25 @@ class LlamaCppBackend:
                 if grammar is not None:
                     grammar.close()
 
+    def constraint(self, params: GenerationParams) -> JsonSchemaGrammar | JsonOrText | None:
+        """The decoding constraint ``params`` ask for (close it after use), or None."""
+        if params.json_schema is None:
+            return None
+        grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
+        if not params.json_or_text:
+            return grammar
+        return JsonOrText(grammar, self._brace_tokens)
+
+    @functools.cached_property
+    def _brace_tokens(self) -> np.ndarray:
+        """Which tokens' text starts with ``{`` (computed on first use)."""
+        pieces = (self.detokenize([t]) for t in range(self._n_vocab))
+        return np.fromiter((p.startswith("{") for p in pieces), bool, self._n_vocab)
+
     def _generate(
         self,
         segments: list[tuple[str, Any]],
-        grammar: JsonSchemaGrammar | None,
+        grammar: JsonSchemaGrammar | JsonOrText | None,
         params: GenerationParams,
         n_input: int,
         n_soft: int,
