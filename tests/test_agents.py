@@ -126,7 +126,7 @@ def test_the_middleware_can_require_a_user(model: CurpChatModel) -> None:
 @pytest.mark.parametrize("strategy", [ToolStrategy(Plan), ProviderStrategy(Plan), Plan])
 def test_create_agent_response_format(model: CurpChatModel, strategy: object) -> None:
     agent = create_agent(
-        model.bind(max_tokens=64) if False else model,
+        model.model_copy(update={"max_tokens": 64}),
         tools=[],
         response_format=strategy,  # type: ignore[arg-type]
         context_schema=UserContext,
