@@ -38,6 +38,7 @@ from curp_chain.defaults import open_backend, open_store, shared
 from curp_chain.encoder import SentenceEncoder
 from curp_chain.errors import CurpError
 from curp_chain.history import HistoryItem, NewHistoryItem
+from curp_chain.memory import TurnRecorder
 from curp_chain.personalizer import Personalization, Personalizer
 from curp_chain.prompt import (
     ChatTurn,
@@ -144,6 +145,8 @@ class PreparedRequest:
     """The call's keyword arguments (user_id, model, ...)."""
     tool_calls: ToolCallAssembler | None = None
     """With tools bound: turns the streamed reply into content or tool calls."""
+    memory: TurnRecorder | None = None
+    """With ``remember_turns``: stores the user's message (and the reply) when it ends."""
 
 
 class CurpChatModel(BaseChatModel):
@@ -232,6 +235,11 @@ class CurpChatModel(BaseChatModel):
     max_retries: int = 0
     """Accepted for LangChain compatibility; local generation is not retried."""
     streaming: bool = False
+    remember_turns: bool = False
+    """Memory that learns: append each user message this model answers to that user's
+    history (encoded at write time, so their next request uses it). Off by default."""
+    remember_replies: bool = False
+    """With ``remember_turns``: store the model's text replies too (kind "chat_reply")."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _personalizer: Personalizer | None = PrivateAttr(default=None)
@@ -487,7 +495,10 @@ class CurpChatModel(BaseChatModel):
         if kwargs:
             raise CurpError(f"unexpected arguments {sorted(kwargs)}")
         json_schema, parser = schema_and_parser(schema, method)
-        llm = self.bind(json_schema=json_schema)
+        # LangSmith and LangChain's standard tests read the schema from the callback metadata.
+        traced = {"kwargs": {"method": method}, "schema": schema}
+        extra = {"ls_structured_output_format": traced} if schema is not None else {}
+        llm = self.bind(json_schema=json_schema, **extra)
         if not include_raw:
             return llm | parser
         parsed = RunnablePassthrough.assign(
@@ -535,20 +546,38 @@ class CurpChatModel(BaseChatModel):
             backend.special_tokens,
             tools=template_tools,
         )
+        memory = self._turn_recorder(messages, personalization.user_id, kwargs)
         return PreparedRequest(
-            prompt, params, personalization, backend, kwargs, decoding.assembler()
+            prompt, params, personalization, backend, kwargs, decoding.assembler(), memory
         )
+
+    def _turn_recorder(
+        self, messages: list[BaseMessage], user_id: str | None, kwargs: dict[str, Any]
+    ) -> TurnRecorder | None:
+        """With ``remember_turns``, a recorder for a request that answers a user message."""
+        if not kwargs.get("remember_turns", self.remember_turns) or user_id is None:
+            return None
+        last = messages[-1]
+        if not isinstance(last, HumanMessage) or not _text_of(last).strip():
+            return None  # e.g. an agent's call after a tool result: stored already
+        replies = bool(kwargs.get("remember_replies", self.remember_replies))
+        return TurnRecorder(self.get_personalizer(), user_id, _text_of(last), with_reply=replies)
 
     def _to_chunk(self, piece: GenerationChunk, request: PreparedRequest) -> ChatGenerationChunk:
         """One backend piece as a LangChain chunk (the last one carries usage and metadata,
         and the tool calls of a reply that made one)."""
-        assembler = request.tool_calls
+        assembler, memory = request.tool_calls, request.memory
         if piece.finish_reason is None:
             text = assembler.feed(piece.text) if assembler else piece.text
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            if memory:
+                memory.add(text)
         else:
             calls = assembler.finish(piece.text, piece.finish_reason) if assembler else None
             chunk = self._final_chunk(piece, request, calls)
+            if memory:
+                memory.add(chunk.text)
+                memory.finish(made_call=bool(calls and calls.tool_call_chunks))
         if request.params.logprobs:
             # Lists in response_metadata concatenate when chunks are added together.
             chunk.message.response_metadata["logprobs"] = logprobs_metadata(piece.logprobs)
