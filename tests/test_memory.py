@@ -35,9 +35,9 @@ def test_a_turn_is_stored_encoded_and_used_next(llama_backend, memory_store) -> 
     assert second.response_metadata["curp"]["history_items"] == 2
 
 
-def test_replies_are_stored_only_when_asked_and_tool_rounds_once(
+def test_replies_are_stored_only_when_asked_and_tool_rounds_once(  # type: ignore[no-untyped-def]
     llama_backend, memory_store
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     model = CurpChatModel(
         backend=llama_backend,
         history_store=memory_store,
