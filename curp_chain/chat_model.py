@@ -80,6 +80,10 @@ def logprobs_metadata(logprobs: Sequence[TokenLogprob]) -> dict[str, list[dict[s
     }
 
 
+_TOOL_CALL_BLOCKS = ("tool_use", "tool_call", "tool_call_chunk", "function_call")
+"""Content blocks other providers use for tool calls (Anthropic's tool_use, v1 tool_call)."""
+
+
 def _text_of(message: BaseMessage) -> str:
     if isinstance(message.content, str):
         return message.content
@@ -89,6 +93,8 @@ def _text_of(message: BaseMessage) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in _TOOL_CALL_BLOCKS:
+            continue  # the same calls are in message.tool_calls, rendered from there
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise CurpError(f"CurpChatModel reads text only; got a {kind!r} content block")
@@ -188,6 +194,12 @@ class CurpChatModel(BaseChatModel):
 
             reply = await model.ainvoke("Plans for the weekend?", user_id="alice")
             async for chunk in model.astream("Plans?", user_id="alice"): ...
+
+    Tool calling (decoded under a grammar of the tools' schemas):
+        .. code-block:: python
+
+            calc = model.bind_tools([add_numbers], tool_choice="any")
+            calc.invoke("What is 17 plus 25?", user_id="alice").tool_calls
 
     Token usage:
         ``reply.usage_metadata`` counts soft tokens among the input tokens.
