@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal
@@ -18,7 +18,9 @@ from langchain_core.language_models.chat_models import (
     agenerate_from_stream,
     generate_from_stream,
 )
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import (
+    AIMessage,
     AIMessageChunk,
     BaseMessage,
     ChatMessage,
@@ -28,7 +30,14 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableMap,
+    RunnablePassthrough,
+    ensure_config,
+)
+from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from curp_chain.checkpoint import DEFAULT_CHECKPOINT, check_compatible, load_checkpoint
@@ -36,8 +45,15 @@ from curp_chain.defaults import open_backend, open_store, shared
 from curp_chain.encoder import SentenceEncoder
 from curp_chain.errors import CurpError
 from curp_chain.history import HistoryItem, NewHistoryItem
+from curp_chain.memory import TurnRecorder
 from curp_chain.personalizer import Personalization, Personalizer
-from curp_chain.prompt import ChatTurn, Role, build_soft_prompt
+from curp_chain.prompt import (
+    ChatTurn,
+    Role,
+    ToolCallTurn,
+    build_soft_prompt,
+    template_supports_tools,
+)
 from curp_chain.protocols import (
     GenerationChunk,
     GenerationParams,
@@ -52,6 +68,10 @@ from curp_chain.structured import (
     schema_and_parser,
     with_format_instruction,
 )
+from curp_chain.tool_decoding import ToolDecoding, tool_decoding
+from curp_chain.tool_prompt import inline_tools
+from curp_chain.tool_stream import ToolCallAssembler, ToolCallResult
+from curp_chain.tools import resolve_tool_choice, tool_specs
 
 
 def logprobs_metadata(logprobs: Sequence[TokenLogprob]) -> dict[str, list[dict[str, Any]]]:
@@ -68,6 +88,10 @@ def logprobs_metadata(logprobs: Sequence[TokenLogprob]) -> dict[str, list[dict[s
     }
 
 
+_TOOL_CALL_BLOCKS = ("tool_use", "tool_call", "tool_call_chunk", "function_call")
+"""Content blocks other providers use for tool calls (Anthropic's tool_use, v1 tool_call)."""
+
+
 def _text_of(message: BaseMessage) -> str:
     if isinstance(message.content, str):
         return message.content
@@ -77,30 +101,47 @@ def _text_of(message: BaseMessage) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in _TOOL_CALL_BLOCKS:
+            continue  # the same calls are in message.tool_calls, rendered from there
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise CurpError(f"CurpChatModel reads text only; got a {kind!r} content block")
     return "".join(parts)
 
 
+def _role(message: BaseMessage) -> Role:
+    if isinstance(message, SystemMessage):
+        return "system"
+    if isinstance(message, HumanMessage):
+        return "user"
+    if isinstance(message, ToolMessage):
+        return "tool"
+    if isinstance(message, ChatMessage) and message.role in ("system", "user", "tool"):
+        return message.role  # type: ignore[return-value]
+    if message.type in ("ai", "AIMessageChunk"):
+        return "assistant"
+    raise CurpError(f"unsupported message type {message.type!r}")
+
+
 def to_chat_turns(messages: Sequence[BaseMessage]) -> list[ChatTurn]:
-    """LangChain messages -> chat-template turns."""
+    """LangChain messages -> chat-template turns, keeping tool calls and tool results."""
     turns = []
+    tool_names: dict[str, str] = {}  # call id -> tool name, for results that omit the name
     for message in messages:
-        role: Role
-        if isinstance(message, SystemMessage):
-            role = "system"
-        elif isinstance(message, HumanMessage):
-            role = "user"
+        role = _role(message)
+        if isinstance(message, AIMessage) and message.tool_calls:
+            calls = tuple(
+                ToolCallTurn(c["name"], c["args"], c.get("id")) for c in message.tool_calls
+            )
+            tool_names.update({c.id: c.name for c in calls if c.id})
+            turns.append(ChatTurn(role, _text_of(message), tool_calls=calls))
         elif isinstance(message, ToolMessage):
-            role = "tool"
-        elif isinstance(message, ChatMessage) and message.role in ("system", "user", "tool"):
-            role = message.role  # type: ignore[assignment]
-        elif message.type in ("ai", "AIMessageChunk"):
-            role = "assistant"
+            name = message.name or tool_names.get(message.tool_call_id)
+            turns.append(
+                ChatTurn(role, _text_of(message), tool_call_id=message.tool_call_id, name=name)
+            )
         else:
-            raise CurpError(f"unsupported message type {message.type!r}")
-        turns.append(ChatTurn(role, _text_of(message)))
+            turns.append(ChatTurn(role, _text_of(message)))
     if not turns:
         raise CurpError("no messages given")
     return turns
@@ -116,6 +157,10 @@ class PreparedRequest:
     backend: SoftPromptBackend
     kwargs: dict[str, Any]
     """The call's keyword arguments (user_id, model, ...)."""
+    tool_calls: ToolCallAssembler | None = None
+    """With tools bound: turns the streamed reply into content or tool calls."""
+    memory: TurnRecorder | None = None
+    """With ``remember_turns``: stores the user's message (and the reply) when it ends."""
 
 
 class CurpChatModel(BaseChatModel):
@@ -157,6 +202,12 @@ class CurpChatModel(BaseChatModel):
 
             reply = await model.ainvoke("Plans for the weekend?", user_id="alice")
             async for chunk in model.astream("Plans?", user_id="alice"): ...
+
+    Tool calling (decoded under a grammar of the tools' schemas):
+        .. code-block:: python
+
+            calc = model.bind_tools([add_numbers], tool_choice="any")
+            calc.invoke("What is 17 plus 25?", user_id="alice").tool_calls
 
     Token usage:
         ``reply.usage_metadata`` counts soft tokens among the input tokens.
@@ -208,6 +259,11 @@ class CurpChatModel(BaseChatModel):
     max_retries: int = 0
     """Accepted for LangChain compatibility; local generation is not retried."""
     streaming: bool = False
+    remember_turns: bool = False
+    """Memory that learns: append each user message this model answers to that user's
+    history (encoded at write time, so their next request uses it). Off by default."""
+    remember_replies: bool = False
+    """With ``remember_turns``: store the model's text replies too (kind "chat_reply")."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _personalizer: Personalizer | None = PrivateAttr(default=None)
@@ -226,6 +282,47 @@ class CurpChatModel(BaseChatModel):
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["curp_chain", "chat_model"]
+
+    def to_json(self) -> Any:
+        """``dumpd`` form: the model's parameters. An injected ``backend`` or
+        ``history_store`` instance is left out; ``loads`` rebuilds both from the parameters
+        (``backend_kind``, ``model_path``, ``store_url``)."""
+        serialized: Any = super().to_json()
+        kwargs = serialized.get("kwargs")
+        if isinstance(kwargs, dict):
+            serialized["kwargs"] = {
+                k: v for k, v in kwargs.items() if k not in ("backend", "history_store")
+            }
+        return serialized
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        # Structured output and tool calls are both decoded under a grammar, so LangChain
+        # agents may use the provider strategy for response_format.
+        return ModelProfile(
+            text_inputs=True,
+            text_outputs=True,
+            tool_calling=True,
+            tool_choice=True,
+            structured_output=True,
+        )
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the backend's own tokenizer."""
+        return self.get_backend().count_tokens(text)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        tokenize = getattr(self.get_backend(), "tokenize", None)
+        if tokenize is None:
+            return super().get_token_ids(text)
+        return list(tokenize(text))
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -296,8 +393,69 @@ class CurpChatModel(BaseChatModel):
         """The user's stored items, newest first."""
         return self.get_store().get_items(user_id, limit=limit)
 
+    # --- the user id from a RunnableConfig ----------------------------------------------
+    def _with_configured_user(
+        self, config: RunnableConfig | None, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``kwargs`` plus ``config["configurable"]["user_id"]`` (how LangGraph passes
+        per-thread values; also read from the config of the graph node or chain step this
+        call runs in). A ``user_id`` given as a keyword or with ``bind`` wins."""
+        if "user_id" in kwargs:
+            return kwargs
+        configurable = ensure_config(config).get("configurable") or {}
+        if configurable.get("user_id") is None:
+            return kwargs
+        return {**kwargs, "user_id": configurable["user_id"]}
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        kwargs = self._with_configured_user(config, kwargs)
+        return super().invoke(input, config, stop=stop, **kwargs)
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        kwargs = self._with_configured_user(config, kwargs)
+        return await super().ainvoke(input, config, stop=stop, **kwargs)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        kwargs = self._with_configured_user(config, kwargs)
+        return super().stream(input, config, stop=stop, **kwargs)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        kwargs = self._with_configured_user(config, kwargs)
+        async for chunk in super().astream(input, config, stop=stop, **kwargs):
+            yield chunk
+
     # --- generation ---------------------------------------------------------------------
-    def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationParams:
+    def _params(
+        self, stop: list[str] | None, kwargs: dict[str, Any], decoding: ToolDecoding
+    ) -> GenerationParams:
         return GenerationParams(
             max_tokens=int(kwargs.get("max_tokens", self.max_tokens)),
             temperature=float(kwargs.get("temperature", self.temperature)),
@@ -307,8 +465,37 @@ class CurpChatModel(BaseChatModel):
             seed=kwargs.get("seed", self.seed),
             logprobs=bool(kwargs.get("logprobs", self.logprobs)),
             top_logprobs=int(kwargs.get("top_logprobs", self.top_logprobs)),
-            json_schema=kwargs.get("json_schema"),
+            json_schema=decoding.json_schema,
+            json_or_text=decoding.json_or_text,
         )
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """A runnable that may call ``tools`` (LangChain tools, Pydantic classes, functions or
+        OpenAI-style dicts).
+
+        ``tool_choice``: None, False or "auto": the model chooses between a call and a text
+        reply (with its first token: a reply starting with ``{`` is a call); "any",
+        "required" or True: a call to some tool; "none": text only; a tool name or
+        ``{"type": "function", "function": {"name": ...}}``: a call to that tool. A call is
+        decoded under a grammar built from the tools' JSON Schemas, so it always names a bound
+        tool and its arguments match the tool's schema (unless ``max_tokens`` cuts it short:
+        the reply then carries an invalid tool call). A reply makes at most one call;
+        ``parallel_tool_calls`` is accepted for compatibility. ``strict`` is passed to
+        LangChain's schema conversion (the grammar is always strict). Needs the llama.cpp
+        backend.
+        """
+        specs = tool_specs(tools, strict=strict)
+        resolve_tool_choice(tool_choice, specs)  # refuse a bad choice now, not at invoke
+        formatted = [spec.as_openai() for spec in specs]
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(
         self,
@@ -333,7 +520,10 @@ class CurpChatModel(BaseChatModel):
         if kwargs:
             raise CurpError(f"unexpected arguments {sorted(kwargs)}")
         json_schema, parser = schema_and_parser(schema, method)
-        llm = self.bind(json_schema=json_schema)
+        # LangSmith and LangChain's standard tests read the schema from the callback metadata.
+        traced = {"kwargs": {"method": method}, "schema": schema}
+        extra = {"ls_structured_output_format": traced} if schema is not None else {}
+        llm = self.bind(json_schema=json_schema, **extra)
         if not include_raw:
             return llm | parser
         parsed = RunnablePassthrough.assign(
@@ -360,32 +550,59 @@ class CurpChatModel(BaseChatModel):
         """Everything a request needs before the first token: the personalized prompt, the
         generation settings and the backend. Shared by the sync and async paths."""
         turns = to_chat_turns(messages)
-        params = self._params(stop, kwargs)
-        if params.json_schema is not None:
-            turns = with_format_instruction(turns, params.json_schema)
+        decoding = tool_decoding(kwargs)
+        params = self._params(stop, kwargs, decoding)
+        if decoding.response_schema is not None:
+            turns = with_format_instruction(turns, decoding.response_schema)
         backend = self.get_backend()
         personalizer = self.get_personalizer()
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         personalization = personalizer.personalize(kwargs.get("user_id", self.user_id), query)
+        template_tools = None
+        if template_supports_tools(backend.chat_template):
+            template_tools = decoding.template_tools()
+        else:
+            turns = inline_tools(turns, decoding.specs, decoding.choice)
         prompt = build_soft_prompt(
-            backend.chat_template, turns, personalization.soft, backend.special_tokens
+            backend.chat_template,
+            turns,
+            personalization.soft,
+            backend.special_tokens,
+            tools=template_tools,
         )
-        return PreparedRequest(prompt, params, personalization, backend, kwargs)
+        memory = self._turn_recorder(messages, personalization.user_id, kwargs)
+        return PreparedRequest(
+            prompt, params, personalization, backend, kwargs, decoding.assembler(), memory
+        )
+
+    def _turn_recorder(
+        self, messages: list[BaseMessage], user_id: str | None, kwargs: dict[str, Any]
+    ) -> TurnRecorder | None:
+        """With ``remember_turns``, a recorder for a request that answers a user message."""
+        if not kwargs.get("remember_turns", self.remember_turns) or user_id is None:
+            return None
+        last = messages[-1]
+        if not isinstance(last, HumanMessage) or not _text_of(last).strip():
+            return None  # e.g. an agent's call after a tool result: stored already
+        replies = bool(kwargs.get("remember_replies", self.remember_replies))
+        return TurnRecorder(self.get_personalizer(), user_id, _text_of(last), with_reply=replies)
 
     def _to_chunk(self, piece: GenerationChunk, request: PreparedRequest) -> ChatGenerationChunk:
-        """One backend piece as a LangChain chunk (the last one carries usage and metadata)."""
+        """One backend piece as a LangChain chunk (the last one carries usage and metadata,
+        and the tool calls of a reply that made one)."""
+        assembler, memory = request.tool_calls, request.memory
         if piece.finish_reason is None:
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
+            text = assembler.feed(piece.text) if assembler else piece.text
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            if memory:
+                memory.add(text)
         else:
-            chunk = self._final_chunk(
-                piece.text,
-                piece.finish_reason,
-                piece.usage,
-                request.personalization,
-                request.backend,
-                request.kwargs,
-            )
+            calls = assembler.finish(piece.text, piece.finish_reason) if assembler else None
+            chunk = self._final_chunk(piece, request, calls)
+            if memory:
+                memory.add(chunk.text)
+                memory.finish(made_call=bool(calls and calls.tool_call_chunks))
         if request.params.logprobs:
             # Lists in response_metadata concatenate when chunks are added together.
             chunk.message.response_metadata["logprobs"] = logprobs_metadata(piece.logprobs)
@@ -434,15 +651,10 @@ class CurpChatModel(BaseChatModel):
             pieces.close()
 
     def _final_chunk(
-        self,
-        text: str,
-        finish_reason: str,
-        usage: Any,
-        personalization: Personalization,
-        backend: SoftPromptBackend,
-        kwargs: dict[str, Any],
+        self, piece: GenerationChunk, request: PreparedRequest, calls: ToolCallResult | None
     ) -> ChatGenerationChunk:
         config = self.get_personalizer().user_model.config
+        usage, personalization = piece.usage, request.personalization
         usage_metadata = UsageMetadata(
             input_tokens=usage["input_tokens"],
             output_tokens=usage["output_tokens"],
@@ -457,15 +669,23 @@ class CurpChatModel(BaseChatModel):
             "prototypes": personalization.prototypes,
             "checkpoint_trained": config.trained,
         }
-        metadata = {
-            "model_name": kwargs.get("model") or self.model_name or backend.model_id,
+        finish_reason = piece.finish_reason or "stop"
+        if calls is not None and calls.tool_call_chunks:
+            finish_reason = "tool_calls"
+        model_name = request.kwargs.get("model") or self.model_name or request.backend.model_id
+        metadata: dict[str, Any] = {
+            "model_name": model_name,
             "finish_reason": finish_reason,
             "curp": curp,
         }
+        if calls is not None and calls.error is not None:
+            metadata["tool_call_error"] = calls.error
         message = AIMessageChunk(
-            content=text,
+            content=calls.content if calls is not None else piece.text,
             usage_metadata=usage_metadata,
             response_metadata=metadata,
+            tool_call_chunks=calls.tool_call_chunks if calls is not None else [],
+            invalid_tool_calls=calls.invalid_tool_calls if calls is not None else [],
             chunk_position="last",
         )
         return ChatGenerationChunk(

@@ -99,6 +99,9 @@ class GenerationParams:
     json_schema: Mapping[str, Any] | None = None
     """Constrain the reply to JSON that this JSON Schema accepts (a grammar masks every token
     that would break it)."""
+    json_or_text: bool = False
+    """With ``json_schema``: the reply may instead be plain text that does not start with
+    ``{``; the model chooses with its first token (tool calling with ``tool_choice="auto"``)."""
 
     def __post_init__(self) -> None:
         if self.top_logprobs < 0:
@@ -107,6 +110,8 @@ class GenerationParams:
             )
         if self.top_logprobs and not self.logprobs:
             raise InvalidGenerationParamsError("top_logprobs needs logprobs=True")
+        if self.json_or_text and self.json_schema is None:
+            raise InvalidGenerationParamsError("json_or_text needs a json_schema")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.base import BaseOutputParser
 from langchain_core.utils.function_calling import convert_to_json_schema
-from pydantic import BaseModel
+from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from curp_chain.errors import CurpError
 from curp_chain.prompt import ChatTurn
@@ -22,7 +22,8 @@ ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def is_pydantic_class(schema: Any) -> bool:
-    return isinstance(schema, type) and issubclass(schema, BaseModel)
+    """A Pydantic v2 class, or a v1 class (``pydantic.v1``), as LangChain accepts both."""
+    return isinstance(schema, type) and is_basemodel_subclass(schema)
 
 
 def schema_and_parser(
@@ -32,8 +33,9 @@ def schema_and_parser(
     (parsed into an instance), a TypedDict or a JSON Schema dict (parsed into a dict).
 
     ``json_schema`` and ``function_calling`` both constrain the reply to the schema; there
-    is no separate tool-calling channel. ``json_mode`` only asks for a JSON object, and
-    needs no schema.
+    is no separate tool-calling channel. ``json_mode`` without a schema asks for any JSON
+    object; with one, it constrains the reply to it as well (a small model fills a schema it
+    is held to far more reliably than one it is only told about).
     """
     if method not in ("json_schema", "function_calling", "json_mode"):
         raise CurpError(
@@ -47,10 +49,12 @@ def schema_and_parser(
         if is_pydantic_class(schema)
         else JsonOutputParser()
     )
-    if method == "json_mode":
+    if schema is None:  # json_mode
         return ANY_JSON_OBJECT, parser
     if is_pydantic_class(schema):
-        return schema.model_json_schema(), parser
+        if hasattr(schema, "model_json_schema"):
+            return schema.model_json_schema(), parser
+        return convert_to_json_schema(schema), parser  # Pydantic v1
     if isinstance(schema, dict) and ("properties" in schema or "type" in schema):
         return schema, parser  # already a JSON Schema
     try:
@@ -64,9 +68,12 @@ def with_format_instruction(
 ) -> list[ChatTurn]:
     """``turns`` with the schema named in the system message: the grammar guarantees the
     structure, but a small model fills the fields far better when it is told them."""
-    text = "Reply with JSON only, matching this JSON Schema: " + json.dumps(
-        json_schema, separators=(",", ":")
-    )
+    if dict(json_schema) == ANY_JSON_OBJECT:  # json_mode: naming the schema would get it copied
+        text = "Reply with one JSON object only."
+    else:
+        text = "Reply with JSON only, matching this JSON Schema: " + json.dumps(
+            json_schema, separators=(",", ":")
+        )
     if turns and turns[0].role == "system":
         return [ChatTurn("system", f"{turns[0].content}\n\n{text}"), *turns[1:]]
     return [ChatTurn("system", text), *turns]

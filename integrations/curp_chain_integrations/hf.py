@@ -289,8 +289,9 @@ class TransformersBackend:
         """Queue a request; read its chunks from the returned stream (sync or async)."""
         if params.json_schema is not None:
             raise BackendError(
-                "replies constrained to a JSON Schema need llama.cpp's grammar engine; "
-                "use the llama.cpp backend (backend_kind='llamacpp')"
+                "tool calls and structured output decode under a grammar, and the "
+                "transformers backend has no grammar engine; use the llama.cpp backend "
+                "(backend_kind='llamacpp')"
             )
         before, soft, after = self._checked_prompt(prompt)
         return self._scheduler.submit(

@@ -9,6 +9,7 @@ between requests, so one user's soft prompt can never serve another's.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import json
 import os
@@ -205,6 +206,31 @@ class JsonSchemaGrammar:
             self._sampler = None
 
 
+class JsonOrText:
+    """A JSON Schema grammar that the first token may opt out of: a first token starting
+    with ``{`` commits the reply to the grammar, any other to free text (tool calling with
+    ``tool_choice="auto"``: the model chooses between a call and a reply)."""
+
+    def __init__(self, grammar: JsonSchemaGrammar, brace_tokens: np.ndarray):
+        self._grammar = grammar
+        self._brace = brace_tokens  # (n_vocab,) bool: the token's text starts with "{"
+        self._json: bool | None = None
+
+    def allowed(self, logits: Logits) -> Logits:
+        if self._json is None:
+            return np.where(self._brace, self._grammar.allowed(logits), logits)
+        return self._grammar.allowed(logits) if self._json else logits
+
+    def accept(self, token: int) -> None:
+        if self._json is None:
+            self._json = bool(self._brace[token])
+        if self._json:
+            self._grammar.accept(token)
+
+    def close(self) -> None:
+        self._grammar.close()
+
+
 class LlamaCppBackend:
     """A GGUF model served by llama.cpp, accepting soft prompts. Thread-safe: requests from
     any thread or event loop queue on the backend's scheduler, whose worker thread decodes
@@ -395,12 +421,6 @@ class LlamaCppBackend:
         memory = self._lib.llama_get_memory(self._ctx)
         self._lib.llama_memory_seq_rm(memory, seq, -1, -1)
 
-    def _constraint(self, params: GenerationParams) -> JsonSchemaGrammar | None:
-        """The decoding constraint ``params`` asks for (built and freed on the worker)."""
-        if params.json_schema is None:
-            return None
-        return JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
-
     def _segments(self, prompt: SoftPrompt) -> tuple[list[tuple[str, Any]], int, int]:
         """The prompt as decode segments, checked: (segments, input tokens, soft tokens)."""
         before = self.tokenize(prompt.before)
@@ -440,6 +460,21 @@ class LlamaCppBackend:
         """The request's chunks; closing the iterator stops its generation."""
         return self.submit(prompt, params)
 
+    def constraint(self, params: GenerationParams) -> JsonSchemaGrammar | JsonOrText | None:
+        """The decoding constraint ``params`` ask for (close it after use), or None."""
+        if params.json_schema is None:
+            return None
+        grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
+        if not params.json_or_text:
+            return grammar
+        return JsonOrText(grammar, self._brace_tokens)
+
+    @functools.cached_property
+    def _brace_tokens(self) -> np.ndarray:
+        """Which tokens' text starts with ``{`` (computed on first use)."""
+        pieces = (self.detokenize([t]) for t in range(self._n_vocab))
+        return np.fromiter((p.startswith("{") for p in pieces), bool, self._n_vocab)
+
     def _generate(
         self,
         seq: int,
@@ -449,7 +484,7 @@ class LlamaCppBackend:
         n_soft: int,
     ) -> Iterator[GenerationChunk]:
         """Prefill ``segments`` into the emptied sequence ``seq``, then decode (on the worker)."""
-        grammar = self._constraint(params)
+        grammar = self.constraint(params)  # built and freed on the worker
         try:
             self._clear_sequence(seq)
             position = self._prefill(seq, segments)

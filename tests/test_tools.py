@@ -1,0 +1,223 @@
+"""Tool calling: bind_tools, every tool_choice, streamed and not, on the real SmolLM2 through
+llama.cpp, and the prompt an agent's earlier calls and results make."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from pydantic import BaseModel, Field
+
+from curp_chain import CurpChatModel
+from curp_chain.errors import CurpError
+from curp_chain.prompt import ChatTurn, ToolCallTurn, render_chat
+from curp_chain.tools import resolve_tool_choice, tool_specs
+
+HISTORY = ["Sunrise trail run: 18 km.", "Marathon week 12, long run 32 km."]
+
+
+class GetWeather(BaseModel):
+    """Get the current weather in a city."""
+
+    city: str = Field(description="the city name")
+    unit: Literal["celsius", "fahrenheit"]
+
+
+@tool
+def add_numbers(a: int, b: int) -> int:
+    """Add two integers and return the sum."""
+    return a + b
+
+
+def book_table(restaurant: str, people: int) -> str:
+    """Book a table at a restaurant for a number of people."""
+    return f"booked {restaurant} for {people}"
+
+
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "current_time",
+        "description": "The current time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}},
+            "required": ["zone"],
+        },
+    },
+}
+TOOLS = [GetWeather, add_numbers, book_table, TIME_TOOL]
+ARGUMENT_MODELS = {
+    "GetWeather": GetWeather,
+    "add_numbers": add_numbers.args_schema,
+}
+
+
+@pytest.fixture
+def model(llama_backend, memory_store) -> CurpChatModel:  # type: ignore[no-untyped-def]
+    model = CurpChatModel(backend=llama_backend, history_store=memory_store, max_tokens=48)
+    model.add_history("runner", HISTORY)
+    return model
+
+
+def assert_valid_call(message: AIMessage, names: set[str]) -> dict:
+    assert len(message.tool_calls) == 1 and not message.invalid_tool_calls, message
+    call = message.tool_calls[0]
+    assert call["name"] in names
+    assert call["id"] and call["id"].startswith("call_")
+    schema = ARGUMENT_MODELS.get(call["name"])
+    if schema is not None:
+        schema.model_validate(call["args"])  # type: ignore[union-attr]
+    if call["name"] == "add_numbers":
+        assert all(isinstance(call["args"][k], int) for k in ("a", "b"))
+    if call["name"] == "book_table":
+        assert set(call["args"]) == {"restaurant", "people"}
+        assert isinstance(call["args"]["people"], int)
+    assert message.response_metadata["finish_reason"] == "tool_calls"
+    return call
+
+
+def merged(chunks: list[AIMessageChunk]) -> AIMessageChunk:
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    return total
+
+
+def test_tool_choice_resolves_as_langchain_documents() -> None:
+    specs = tool_specs(TOOLS)
+    names = ("GetWeather", "add_numbers", "book_table", "current_time")
+    assert [s.name for s in specs] == list(names)
+    for choice in (None, False, "auto"):
+        assert resolve_tool_choice(choice, specs).mode == "auto"
+    for choice in ("any", "required", True):
+        assert resolve_tool_choice(choice, specs) == resolve_tool_choice("any", specs)
+        assert resolve_tool_choice(choice, specs).names == names
+    assert resolve_tool_choice("none", specs).mode == "none"
+    by_dict = {"type": "function", "function": {"name": "add_numbers"}}
+    assert resolve_tool_choice(by_dict, specs).names == ("add_numbers",)
+    assert resolve_tool_choice("book_table", specs).names == ("book_table",)
+    with pytest.raises(CurpError, match="'send_email', which is not among the tools"):
+        resolve_tool_choice("send_email", specs)
+    with pytest.raises(CurpError, match="unknown tool_choice"):
+        resolve_tool_choice(3, specs)
+
+
+def test_bind_tools_refuses_bad_input_clearly(model: CurpChatModel) -> None:
+    with pytest.raises(CurpError, match="not among the tools"):
+        model.bind_tools(TOOLS, tool_choice="send_email")
+    with pytest.raises(CurpError, match="cannot use 42 as a tool"):
+        model.bind_tools([42])
+    with pytest.raises(CurpError, match="share the name"):
+        model.bind_tools([GetWeather, GetWeather])
+    with pytest.raises(CurpError, match="needs tools"):
+        model.invoke("hi", tool_choice="any")
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        "any",
+        "required",
+        True,
+        "add_numbers",
+        {"type": "function", "function": {"name": "book_table"}},
+    ],
+)
+def test_a_forced_call_validates_against_its_schema(model: CurpChatModel, choice: object) -> None:
+    bound = model.bind_tools(TOOLS, tool_choice=choice)
+    message = bound.invoke("What is 17 plus 25?", user_id="runner")
+    expected = {"add_numbers"} if choice == "add_numbers" else None
+    if isinstance(choice, dict):
+        expected = {"book_table"}
+    call = assert_valid_call(message, expected or {s.name for s in tool_specs(TOOLS)})
+    assert message.content == ""
+    assert message.response_metadata["curp"]["personalized"] is True
+    streamed = merged(list(bound.stream("What is 17 plus 25?", user_id="runner")))
+    assert streamed.tool_call_chunks and streamed.tool_calls[0]["name"] == call["name"]
+    assert streamed.tool_calls[0]["args"] == call["args"]
+
+
+def test_enums_and_required_fields_hold_in_a_call(model: CurpChatModel) -> None:
+    bound = model.bind_tools([GetWeather], tool_choice="GetWeather")
+    call = assert_valid_call(bound.invoke("Weather in Paris, in celsius?"), {"GetWeather"})
+    assert call["args"]["unit"] in ("celsius", "fahrenheit") and call["args"]["city"]
+
+
+def test_auto_chooses_between_a_call_and_text(model: CurpChatModel) -> None:
+    bound = model.bind_tools(TOOLS)
+    for question in ("What is 17 plus 25? Use the add_numbers tool.", "Say hello."):
+        message = bound.invoke(question)
+        if message.tool_calls:
+            assert_valid_call(message, {s.name for s in tool_specs(TOOLS)})
+            assert message.content == ""
+        else:
+            assert isinstance(message.content, str) and message.content
+            assert not message.content.startswith("{") and not message.invalid_tool_calls
+        streamed = merged(list(bound.stream(question)))
+        assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [
+            (c["name"], c["args"]) for c in message.tool_calls
+        ]
+        assert streamed.content == message.content
+
+
+def test_tool_choice_none_replies_in_text(model: CurpChatModel) -> None:
+    message = model.bind_tools(TOOLS, tool_choice="none").invoke("What is 17 plus 25?")
+    assert not message.tool_calls and not message.invalid_tool_calls
+    assert message.content
+
+
+def test_a_call_cut_short_is_an_invalid_tool_call(model: CurpChatModel) -> None:
+    bound = model.bind_tools(TOOLS, tool_choice="book_table")
+    message = bound.invoke("Book a table for four at Chez Anna.", max_tokens=6)
+    assert message.tool_calls == [] and len(message.invalid_tool_calls) == 1
+    invalid = message.invalid_tool_calls[0]
+    assert invalid["name"] == "book_table"
+    assert json.loads(invalid["args"] or "").replace(" ", "").startswith('{"name":"book')
+    assert "cut short" in message.response_metadata["tool_call_error"]
+    assert message.response_metadata["finish_reason"] == "length"
+    streamed = merged(list(bound.stream("Book a table for four at Chez Anna.", max_tokens=6)))
+    assert streamed.tool_calls == [] and streamed.invalid_tool_calls
+
+
+def test_earlier_calls_and_results_reach_the_prompt(model: CurpChatModel) -> None:
+    messages = [
+        HumanMessage("What is 17 plus 25?"),
+        AIMessage(
+            "", tool_calls=[{"name": "add_numbers", "args": {"a": 17, "b": 25}, "id": "call_1"}]
+        ),
+        ToolMessage("42", tool_call_id="call_1"),
+    ]
+    request = model._prepare(messages, None, {"tools": [TIME_TOOL]})
+    text = request.prompt.before + request.prompt.after
+    assert '{"name": "add_numbers", "arguments": {"a": 17, "b": 25}, "id": "call_1"}' in text
+    assert "<|im_start|>tool\nadd_numbers (call call_1) returned: 42<|im_end|>" in text
+    assert '"name": "current_time"' in text  # the bound tool, in the system message
+    reply = model.bind_tools(TOOLS).invoke(messages)
+    assert reply.content or reply.tool_calls
+
+
+QWEN_LIKE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n{% for t in tools %}{{ t | tojson }}\n"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.name }} "
+    "{{ c.function.arguments | tojson }}</tool_call>{% endfor %}"
+    "{% if m.tool_call_id %}[{{ m.tool_call_id }}]{% endif %}<|im_end|>\n{% endfor %}"
+)
+
+
+def test_a_template_that_reads_tools_gets_them_in_its_own_format() -> None:
+    turns = [
+        ChatTurn("user", "17 + 25?"),
+        ChatTurn("assistant", "", tool_calls=(ToolCallTurn("add_numbers", {"a": 17}, "c1"),)),
+        ChatTurn("tool", "42", tool_call_id="c1", name="add_numbers"),
+    ]
+    tools = [spec.as_openai() for spec in tool_specs([TIME_TOOL])]
+    text = render_chat(QWEN_LIKE, turns, {}, tools=tools)
+    assert json.dumps(tools[0]) in text
+    assert '<tool_call>add_numbers {"a": 17}</tool_call>' in text
+    assert "42[c1]" in text
