@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -113,8 +115,12 @@ def test_broken_transformers_weights_cache_is_rebuilt() -> None:
     size = weights.stat().st_size
     with weights.open("r+b") as file:  # what a kill during the save used to leave
         file.truncate(size // 3)
+    stale = cache.parent / f".{cache.name}-killed"  # a killed save's temporary folder
+    stale.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     rebuilt, _ = load_gguf_as_hf(gguf)
     assert weights.stat().st_size == size
+    assert not stale.exists()
     name, expected = next(iter(model.state_dict().items()))
     assert torch.equal(rebuilt.state_dict()[name], expected)
 

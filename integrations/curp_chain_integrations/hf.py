@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -84,6 +85,7 @@ def load_gguf_as_hf(gguf_path: Path, *, use_cache: bool = True) -> tuple[Any, An
 
 
 CACHE_MANIFEST = "curp-cache.json"
+_STALE_TEMPORARY_S = 3600.0
 
 
 def _save_cache(model: Any, tokenizer: Any, cache: Path) -> None:
@@ -93,6 +95,10 @@ def _save_cache(model: Any, tokenizer: Any, cache: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     cache.parent.mkdir(parents=True, exist_ok=True)
+    for stale in cache.parent.glob(f".{cache.name}-*"):
+        # Left by a save that was killed; one still being written is younger than this.
+        if time.time() - stale.stat().st_mtime > _STALE_TEMPORARY_S:
+            shutil.rmtree(stale, ignore_errors=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
     try:
         model.save_pretrained(str(temporary))
