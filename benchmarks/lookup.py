@@ -36,7 +36,8 @@ def fill(store: SQLHistoryStore, users: int, per_user: int, subspaces: int) -> f
     base = datetime(2026, 1, 1, tzinfo=UTC)
     with store.engine.begin() as connection:
         connection.execute(
-            insert(UserRow), [{"id": f"user{u}", "created_at": base} for u in range(users)]
+            insert(UserRow.__table__),
+            [{"id": f"user{u}", "created_at": base} for u in range(users)],
         )
     item_id = 0
     rows: list[dict[str, object]] = []
@@ -44,8 +45,8 @@ def fill(store: SQLHistoryStore, users: int, per_user: int, subspaces: int) -> f
 
     def flush() -> None:
         with store.engine.begin() as connection:
-            connection.execute(insert(HistoryItemRow), rows)
-            connection.execute(insert(ItemCodesRow), codes)
+            connection.execute(insert(HistoryItemRow.__table__), rows)
+            connection.execute(insert(ItemCodesRow.__table__), codes)
         rows.clear()
         codes.clear()
 
@@ -60,7 +61,7 @@ def fill(store: SQLHistoryStore, users: int, per_user: int, subspaces: int) -> f
                     "text": f"item {i} of user {u}: a short post about the day",
                     "kind": "text",
                     "created_at": base + timedelta(minutes=i),
-                    "item_metadata": {},
+                    "metadata": {},
                 }
             )
             codes.append(

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from curp_chain import CurpChatModel
 from curp_chain_integrations.llamacpp import LlamaCppBackend, smollm2_gguf_path
 
@@ -61,7 +63,9 @@ def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
 def single_requests(model: CurpChatModel, histories: dict[str, list[str]], args: Any) -> None:
     from llama_cpp import Llama
 
-    plain = Llama(str(smollm2_gguf_path()), n_ctx=2048, n_threads=1, verbose=False)
+    plain = Llama(
+        str(smollm2_gguf_path()), n_ctx=2048, n_threads=1, n_threads_batch=1, verbose=False
+    )
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
     user = next(iter(histories))
     rag_question = "Tweets I wrote:\n" + "\n".join(f"- {t}" for t in histories[user][:4])
@@ -136,7 +140,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--users", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
+    parser.add_argument("--skip-concurrency", action="store_true")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)  # the encoder and the CURP user model
     people = json.loads((args.data / "questions.json").read_text())[:16]
     histories = {f"user{i}": [p["text"] for p in u["profile"]] for i, u in enumerate(people)}
     backend = LlamaCppBackend(n_ctx=2048, n_threads=1, slots=args.slots)
@@ -144,9 +152,13 @@ def main() -> None:
         model = CurpChatModel(backend=backend, store_url=f"sqlite:///{folder}/h.sqlite")
         for user, items in histories.items():
             model.add_history(user, items)
-        print(f"llama.cpp 1 thread, {args.slots} slots, {args.runs} runs, medians")
+        print(
+            f"llama.cpp 1 thread, torch {torch.get_num_threads()} threads, {args.slots} slots, "
+            f"{args.runs} runs, medians"
+        )
         single_requests(model, histories, args)
-        concurrency(model, list(histories), args)
+        if not args.skip_concurrency:
+            concurrency(model, list(histories), args)
     backend.close()
 
 

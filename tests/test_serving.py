@@ -64,6 +64,7 @@ def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 async def test_32_concurrent_astream_consumers_all_finish(model: CurpChatModel) -> None:
     users = [list(HISTORIES)[i % 3] for i in range(32)]
 
@@ -145,6 +146,7 @@ async def test_cancelling_an_astream_stops_its_generation(model: CurpChatModel) 
     assert scheduler.steps_run - start < 50
 
 
+@pytest.mark.slow
 async def test_each_users_reply_under_concurrency_matches_the_reply_alone(
     model: CurpChatModel,
 ) -> None:

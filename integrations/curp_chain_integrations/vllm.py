@@ -30,7 +30,7 @@ from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
 from curp_chain.scheduler import GenerationStream, RequestScheduler
 
 logger = logging.getLogger(__name__)
-VLLM_INSTALL = "pip install vllm  (on a machine with a CUDA GPU)"
+VLLM_INSTALL = "pip install 'curp-chain-integrations[vllm]'  (on a machine with a CUDA GPU)"
 
 
 def _import_vllm() -> Any:
