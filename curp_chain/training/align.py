@@ -38,12 +38,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from curp_chain.eval.lamp import LAMP7_INSTRUCTION, LampExample
+from curp_chain.tasks.lamp7 import LAMP7_INSTRUCTION, LampExample
 from curp_chain.prompt import build_soft_prompt
 from curp_chain.protocols import GenerationParams, SoftPrompt
 from curp_chain.scoring import collate, teacher_forced_example, token_losses
 from curp_chain.style import with_style
-from curp_chain.tasks import paraphrase_turns
+from curp_chain.tasks.lamp7 import paraphrase_turns
 from curp_chain.training.data import clean_profile
 
 logger = logging.getLogger(__name__)
