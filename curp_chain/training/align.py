@@ -38,27 +38,21 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from curp_chain.tasks.lamp7 import LAMP7_INSTRUCTION, LampExample
 from curp_chain.prompt import build_soft_prompt
 from curp_chain.protocols import GenerationParams, SoftPrompt
 from curp_chain.scoring import collate, teacher_forced_example, token_losses
 from curp_chain.style import with_style
-from curp_chain.tasks.lamp7 import paraphrase_turns
-from curp_chain.training.data import clean_profile
+from curp_chain.training.examples import (
+    Example,
+    derangement,
+    load_generic,
+    training_examples,
+    validation_examples,
+)
 
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("own", "shuffled", "none", "task")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One teacher-forced example: the history stands for the user, the target is scored."""
-
-    user_id: str
-    history: tuple[str, ...]
-    user_message: str
-    target: str
 
 
 @dataclass
@@ -68,72 +62,6 @@ class Encoded:
 
     items: Tensor
     query: Tensor
-
-
-# --- building examples ---------------------------------------------------------------------
-
-
-def training_examples(
-    users: Sequence[Any],
-    sources: dict[str, str],
-    *,
-    max_history: int,
-    cleanup_fraction: float = 0.0,
-    persona_fraction: float = 0.0,
-    seed: int = 0,
-) -> list[Example]:
-    """Examples for every (user, tweet) with an accepted source: the user message is LaMP-7's
-    instruction + the source, the target the tweet, the history the user's other tweets.
-    ``cleanup_fraction`` of them additionally appear with a clean-up variant as source.
-    ``persona_fraction`` of the users have all their tweets, history and target, rewritten
-    by a style persona (:mod:`curp_chain.training.personas`); sources stay neutral."""
-    from curp_chain.training.codebook import history_texts
-    from curp_chain.training.personas import apply_persona, persona_of
-    from curp_chain.training.sources import cleanup_variant
-
-    rng = random.Random(seed)
-    examples = []
-    for user in users:
-        persona = persona_of(user.user_id, persona_fraction, seed) if persona_fraction else ()
-
-        def styled(text: str, persona: tuple[str, ...] = persona) -> str:
-            return apply_persona(text, persona) if persona else text
-
-        for tweet in user.texts:
-            source = sources.get(tweet)  # sources are keyed by the original tweet
-            if not source:
-                continue
-            history = tuple(styled(t) for t in history_texts(user.texts, tweet, max_history))
-            if not history:
-                continue
-            target = styled(tweet)
-            examples.append(Example(user.user_id, history, LAMP7_INSTRUCTION + source, target))
-            if cleanup_fraction and rng.random() < cleanup_fraction:
-                variant = cleanup_variant(tweet)
-                if variant and variant != tweet:
-                    examples.append(
-                        Example(user.user_id, history, LAMP7_INSTRUCTION + variant, target)
-                    )
-    return examples
-
-
-def validation_examples(queries: Sequence[LampExample], *, max_history: int) -> list[Example]:
-    """LaMP-7 queries as examples: the cleaned profile (first ``max_history`` items) as
-    history, the query's ``input`` as the user message, the gold tweet as target."""
-    return [
-        Example(q.id, clean_profile(q.profile_texts)[:max_history], q.input, q.gold)
-        for q in queries
-    ]
-
-
-def derangement(n: int, seed: int) -> list[int]:
-    """A permutation with no fixed point (for n >= 2): index i gets another user's history."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    result = [0] * n
-    for position, index in enumerate(order):
-        result[index] = order[(position + 1) % n]
-    return result
 
 
 # --- the trainable part ------------------------------------------------------------------------
@@ -212,7 +140,7 @@ def batch_loss(
     """
     built = []
     for row, example in enumerate(examples):
-        turns = paraphrase_turns(example.user_message[:max_prompt_chars])
+        turns = example.turns(max_prompt_chars)
         vectors = None if soft is None else soft[row]
         placeholder = None if vectors is None else np.zeros((len(vectors), 1), np.float32)
         prompt = build_soft_prompt(lm.chat_template, turns, placeholder, lm.special_tokens)
@@ -310,15 +238,13 @@ def generation_sample(
     for example, enc in zip(examples, encoded, strict=True):
         soft, _ = source(*pad_items([enc], lm.device))
         vectors = soft[0].float().cpu().numpy()
-        prompt = build_soft_prompt(
-            lm.chat_template, paraphrase_turns(example.user_message), vectors, lm.special_tokens
-        )
+        prompt = build_soft_prompt(lm.chat_template, example.turns(), vectors, lm.special_tokens)
         reply = "".join(
             c.text for c in lm.stream(SoftPrompt(prompt.before, vectors, prompt.after), params)
         )
         samples.append(
             {
-                "input": example.user_message[len(LAMP7_INSTRUCTION) :],
+                "input": example.shown_input,
                 "reply": reply,
                 "gold": example.target,
             }
@@ -604,15 +530,7 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
         save_task_prompt,
     )
     from curp_chain.training.codebook import EmbeddingCache, embedding_cache_path
-    from curp_chain.training.data import (
-        default_cache_dir,
-        default_data_dir,
-        load_lamp7_validation,
-        load_pan,
-        split_users,
-        user_order,
-    )
-    from curp_chain.training.sources import SourceCache
+    from curp_chain.training.data import default_cache_dir, load_lamp7_validation
 
     started = time.monotonic()
     if options.get("threads"):
@@ -704,10 +622,24 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
                 return quantizer.decode(quantizer.encode(vectors.to(device))).cpu()
 
     # Validation data: LaMP-7 users (their gold tweets are read only here).
-    queries = load_lamp7_validation(options["data_dir"])
+    generic = None
+    if options.get("examples"):
+        generic = load_generic(
+            options["examples"],
+            options["histories"],
+            max_history=max_history,
+            held_out_fraction=float(options["held_out_fraction"]),
+            seed=seed,
+            persona_fraction=float(options.get("persona_fraction") or 0.0),
+            val_examples_path=options.get("val_examples"),
+        )
+        val_examples = generic.validation
+    else:
+        val_examples = validation_examples(
+            load_lamp7_validation(options["data_dir"]), max_history=max_history
+        )
     if options.get("final_val_users"):
-        queries = queries[: int(options["final_val_users"])]
-    val_examples = validation_examples(queries, max_history=max_history)
+        val_examples = val_examples[: int(options["final_val_users"])]
     val_encoded = (
         encode_examples(
             val_examples, cache, quantize, style_dim=user_model.config.style_dim, progress=main
@@ -767,36 +699,26 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
         summary["validation"] = run_validation(None, conditions)
         return summary
 
-    # Training data: PAN training users with accepted paraphrase sources.
-    users = load_pan(options["data_dir"], max_users=options["max_users"])
-    train_users, _ = split_users(users, float(options["held_out_fraction"]), seed)
-    sources_path = Path(
-        options["sources"]
-        or Path(options["cache_dir"] or default_cache_dir()) / "sources-smollm2.jsonl"
-    )
-    source_cache = SourceCache(sources_path, max_lines=options.get("max_source_lines"))
-    accepted = source_cache.accepted()
-    examples = training_examples(
-        user_order(train_users, seed),
-        accepted,
-        max_history=max_history,
-        cleanup_fraction=float(options["cleanup_fraction"]),
-        persona_fraction=float(options.get("persona_fraction") or 0.0),
-        seed=seed,
-    )
+    if generic is not None:
+        examples = generic.train
+        data: dict[str, Any] = {**generic.summary, "training": "--examples, held-out users left out"}
+    else:
+        examples, data = lamp7_training_data(options, max_history=max_history, seed=seed)
     if options.get("max_examples"):
         examples = examples[: int(options["max_examples"])]
     if not examples:
         raise CurpError(
-            f"no training examples: {sources_path} holds no accepted sources for the training "
-            "users; run `curp train sources` first"
+            "no training examples: "
+            + (
+                "no training user of --examples has a history besides the target"
+                if generic is not None
+                else f"{data['sources']} holds no accepted sources for the training users; "
+                "run `curp train sources` first"
+            )
         )
     if main:
         logger.info(
-            "%d training examples from %d users (%d accepted sources)",
-            len(examples),
-            len({e.user_id for e in examples}),
-            len(accepted),
+            "%d training examples from %d users", len(examples), len({e.user_id for e in examples})
         )
     encoded = (
         encode_examples(
@@ -837,14 +759,10 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
     summary.update(
         {
             "data": {
-                "data_dir": str(options["data_dir"] or default_data_dir()),
-                "training": "pan19/humans.jsonl training users (LaMP-7 users never trained on)",
-                "sources": str(sources_path),
-                "source_lines": options.get("max_source_lines") or len(source_cache),
-                "accepted_sources": len(accepted),
+                **data,
                 "examples": len(examples),
                 "users": len({e.user_id for e in examples}),
-                "validation": f"lamp7: {len(val_examples)} users, gold per-token loss",
+                "validation": f"{len(val_examples)} examples, gold per-token loss",
             },
             "steps": result.steps,
             "examples_seen": result.examples_seen,
@@ -883,3 +801,44 @@ def run_projector_stage(options: dict[str, Any]) -> dict[str, Any]:
             )
             save_checkpoint(unwrapped.eval(), out)
     return summary
+
+
+def lamp7_training_data(
+    options: dict[str, Any], *, max_history: int, seed: int
+) -> tuple[list[Example], dict[str, Any]]:
+    """The LaMP-7 adapter's training examples: PAN training users with accepted paraphrase
+    sources, and what to record about them."""
+    from curp_chain.training.data import (
+        default_cache_dir,
+        default_data_dir,
+        load_pan,
+        split_users,
+        user_order,
+    )
+    from curp_chain.training.sources import SourceCache
+
+    users = load_pan(options["data_dir"], max_users=options["max_users"])
+    train_users, _ = split_users(users, float(options["held_out_fraction"]), seed)
+    sources_path = Path(
+        options["sources"]
+        or Path(options["cache_dir"] or default_cache_dir()) / "sources-smollm2.jsonl"
+    )
+    source_cache = SourceCache(sources_path, max_lines=options.get("max_source_lines"))
+    accepted = source_cache.accepted()
+    examples = training_examples(
+        user_order(train_users, seed),
+        accepted,
+        max_history=max_history,
+        cleanup_fraction=float(options["cleanup_fraction"]),
+        persona_fraction=float(options.get("persona_fraction") or 0.0),
+        seed=seed,
+    )
+    data = {
+        "data_dir": str(options["data_dir"] or default_data_dir()),
+        "training": "pan19/humans.jsonl training users (LaMP-7 users never trained on)",
+        "sources": str(sources_path),
+        "source_lines": options.get("max_source_lines") or len(source_cache),
+        "accepted_sources": len(accepted),
+        "validation_data": "lamp7",
+    }
+    return examples, data

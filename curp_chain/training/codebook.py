@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from curp_chain.codebook import ProductQuantizer, squared_distances
 from curp_chain.encoder import SentenceEncoder
+from curp_chain.errors import CurpError
 from curp_chain.training.data import text_key
 
 logger = logging.getLogger(__name__)
@@ -311,6 +312,26 @@ def history_texts(texts: Sequence[str], exclude: str | None, limit: int) -> list
     return [t for t in texts if t != exclude][:limit]
 
 
+def generic_users(options: dict[str, Any]) -> list[Any]:
+    """The users of ``--histories`` (a file or store URL) with at least two items; with
+    ``--examples``, only the users that have examples."""
+    from curp_chain.datasets import read_examples, read_histories
+    from curp_chain.training.data import UserTexts
+
+    histories = read_histories(options["histories"])
+    wanted = (
+        {e.user_id for e in read_examples(options["examples"])} if options.get("examples") else None
+    )
+    users = [
+        UserTexts(user, "generic", tuple(i.text for i in items))
+        for user, items in histories.items()
+        if len(items) >= 2 and (wanted is None or user in wanted)
+    ]
+    if not users:
+        raise CurpError(f"{options['histories']}: no user with at least two history items")
+    return users
+
+
 def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
     """Embed the users' items, initialise with balanced k-means, train, report, save.
 
@@ -356,16 +377,29 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
     cache_dir = Path(options["cache_dir"] or default_cache_dir())
     cache = EmbeddingCache(embedding_cache_path(cache_dir, config.encoder_id), encoder)
 
-    users = load_pan(options["data_dir"], max_users=options["max_users"])
+    generic = bool(options.get("histories"))
+    users = generic_users(options) if generic else load_pan(options["data_dir"], max_users=options["max_users"])
     train, held = split_users(users, options["held_out_fraction"], seed)
     train = user_order(train, seed)[: options["train_users"]]
     per_user = options["max_history"] + 1  # covers the history of any target choice
     # The codebook sees the training users as stage 2 does: with their style personas.
     fraction = float(options.get("persona_fraction") or 0.0)
     personas = {u.user_id: persona_of(u.user_id, fraction, seed) if fraction else () for u in train}
-    train_texts = [apply_persona(t, personas[u.user_id]) for u in train for t in u.texts[:per_user]]
-    held_texts = [t for u in held for t in u.texts[: options["held_out_items"]]]
-    lamp_users = load_lamp7_profiles(options["data_dir"])[: options.get("lamp7_report_users")]
+    # Generic histories are oldest first and stage 2 takes the newest items; PAN's first.
+    def window(texts: Sequence[str], n: int) -> Sequence[str]:
+        return texts[-n:] if generic else texts[:n]
+
+    train_texts = [
+        apply_persona(t, personas[u.user_id]) for u in train for t in window(u.texts, per_user)
+    ]
+    held_texts = [t for u in held for t in window(u.texts, options["held_out_items"])]
+    if not held_texts:
+        raise CurpError(
+            f"no held-out user to report on among {len(users)} users: raise --held-out-fraction"
+        )
+    lamp_users = (
+        [] if generic else load_lamp7_profiles(options["data_dir"])[: options.get("lamp7_report_users")]
+    )
     lamp_texts = [t for u in lamp_users for t in u.texts[: options["max_history"]]]
     logger.info(
         "embedding %d train, %d held-out and %d LaMP-7 profile items",
@@ -394,14 +428,13 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
         reseed_every=options["reseed_every"],
         seed=seed,
     )
-    report = {
-        "held_out_pan19": codebook_report(quantizer, held_vectors),
-        "lamp7_profiles": codebook_report(quantizer, lamp_vectors),
-    }
+    held_name = "held_out" if generic else "held_out_pan19"
+    report = {held_name: codebook_report(quantizer, held_vectors)}
+    if len(lamp_vectors):
+        report["lamp7_profiles"] = codebook_report(quantizer, lamp_vectors)
     summary = {
-        "held_out_pan19": summarize_report(report["held_out_pan19"]),
-        "lamp7_profiles": summarize_report(report["lamp7_profiles"]),
-        "after_kmeans_held_out_pan19": summarize_report(initial_report),
+        **{name: summarize_report(rows) for name, rows in report.items()},
+        f"after_kmeans_{held_name}": summarize_report(initial_report),
         "kmeans_largest_cluster": largest,
         "kmeans_capacity": math.ceil(min(len(train_vectors), 20000) / config.codebook_size),
         "train_items": len(train_vectors),
