@@ -15,7 +15,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from curp_chain.datasets import write_examples, write_histories
     from curp_chain.tasks import get_task
     from curp_chain.tasks.lamp7 import training_records
-
     from curp_chain.training.data import default_data_dir
 
     task = get_task(args.task)

@@ -32,7 +32,9 @@ from curp_chain.training.data import default_data_dir
 DATA = default_data_dir()
 
 
-def _example(user: str = "maya", response: str = "pasta then climbing lol", **kw: Any) -> ExampleRecord:
+def _example(
+    user: str = "maya", response: str = "pasta then climbing lol", **kw: Any
+) -> ExampleRecord:
     messages = (Message(role="user", content="plans tonight?"),)
     return ExampleRecord(user_id=user, messages=messages, response=response, **kw)
 
@@ -48,8 +50,15 @@ def _lines(path: Path, rows: list[Any]) -> Path:
 def test_examples_and_histories_round_trip(tmp_path: Path) -> None:
     examples = [_example(item_id="m2"), _example("theo", "I shall cook a risotto.")]
     histories = {
-        "maya": [ItemRecord(text="first note"), ItemRecord(text="pasta then climbing lol", id="m2")],
-        "theo": [ItemRecord(text="Good evening.", kind="chat", created_at=datetime(2026, 1, 2, tzinfo=UTC))],
+        "maya": [
+            ItemRecord(text="first note"),
+            ItemRecord(text="pasta then climbing lol", id="m2"),
+        ],
+        "theo": [
+            ItemRecord(
+                text="Good evening.", kind="chat", created_at=datetime(2026, 1, 2, tzinfo=UTC)
+            )
+        ],
     }
     write_examples(tmp_path / "e.jsonl", examples)
     write_histories(tmp_path / "h.jsonl", histories)
@@ -60,7 +69,9 @@ def test_examples_and_histories_round_trip(tmp_path: Path) -> None:
 
 
 def test_items_may_be_plain_strings(tmp_path: Path) -> None:
-    path = _lines(tmp_path / "h.jsonl", [{"user_id": "a", "items": ["one", {"text": "two", "id": "x"}]}])
+    path = _lines(
+        tmp_path / "h.jsonl", [{"user_id": "a", "items": ["one", {"text": "two", "id": "x"}]}]
+    )
     assert read_histories(path) == {"a": [ItemRecord(text="one"), ItemRecord(text="two", id="x")]}
 
 
@@ -78,7 +89,12 @@ def test_items_may_be_plain_strings(tmp_path: Path) -> None:
             "e.jsonl:2: messages.0.role",
         ),
         (
-            {"user_id": "a", "messages": [{"role": "user", "content": "hi"}], "response": "x", "extra": 1},
+            {
+                "user_id": "a",
+                "messages": [{"role": "user", "content": "hi"}],
+                "response": "x",
+                "extra": 1,
+            },
             "e.jsonl:2: extra",
         ),
         ({"user_id": "", "messages": [], "response": "x"}, "e.jsonl:2: user_id"),
@@ -92,7 +108,9 @@ def test_bad_example_lines_name_file_line_and_field(tmp_path: Path, row: Any, me
 
 
 def test_bad_history_files(tmp_path: Path) -> None:
-    twice = _lines(tmp_path / "h.jsonl", [{"user_id": "a", "items": ["x"]}, {"user_id": "a", "items": []}])
+    twice = _lines(
+        tmp_path / "h.jsonl", [{"user_id": "a", "items": ["x"]}, {"user_id": "a", "items": []}]
+    )
     with pytest.raises(DataFormatError, match=r"h.jsonl:2: user 'a' already has a line"):
         read_histories(twice)
     empty_text = _lines(tmp_path / "h2.jsonl", [{"user_id": "a", "items": [{"text": ""}]}])
@@ -145,8 +163,20 @@ def _shared_layout(root: Path) -> Path:
             {
                 "user_id": "alice",
                 "items": [
-                    {"id": "t1_a", "kind": "comment", "subreddit": "College", "created": 1600000000, "text": "go west hall"},
-                    {"id": "t1_b", "kind": "comment", "subreddit": "College", "created": 1600000100, "text": "lol same"},
+                    {
+                        "id": "t1_a",
+                        "kind": "comment",
+                        "subreddit": "College",
+                        "created": 1600000000,
+                        "text": "go west hall",
+                    },
+                    {
+                        "id": "t1_b",
+                        "kind": "comment",
+                        "subreddit": "College",
+                        "created": 1600000100,
+                        "text": "lol same",
+                    },
                 ],
                 "pairs": [{"id": "t1_a", "parent": parent, "reply": "go west hall"}],
             },
@@ -154,14 +184,21 @@ def _shared_layout(root: Path) -> Path:
         ],
     )
     (root / "aeslc").mkdir()
-    emails = [{"id": f"kay_sent_{i}", "body": f"Please see the draft {i}.\nKay", "subject": f"Draft {i}"} for i in range(3)]
+    emails = [
+        {"id": f"kay_sent_{i}", "body": f"Please see the draft {i}.\nKay", "subject": f"Draft {i}"}
+        for i in range(3)
+    ]
     _lines(root / "aeslc" / "dev.jsonl", [{"user_id": "kay", "emails": emails}])
     (root / "personachat").mkdir()
     turns = [{"query": f"question {i} ?", "reply": f"answer {i} ."} for i in range(4)]
     _lines(
         root / "personachat" / "dev.jsonl",
         [
-            {"dialogue_id": "valid_0", "persona": ["i have two dogs.", "i like jazz."], "turns": turns},
+            {
+                "dialogue_id": "valid_0",
+                "persona": ["i have two dogs.", "i like jazz."],
+                "turns": turns,
+            },
             {"dialogue_id": "valid_1", "persona": ["i like jazz.", "i ski."], "turns": turns[:1]},
             {"dialogue_id": "valid_2", "persona": ["i bake bread."], "turns": turns[:2]},
         ],
@@ -199,11 +236,22 @@ def test_personachat_joins_dialogues_of_one_persona(tmp_path: Path) -> None:
     task = get_task("personachat")
     examples, histories = task.records(_shared_layout(tmp_path), "dev")
     assert set(histories) == {"personachat:valid_0", "personachat:valid_2"}
-    assert [i.text for i in histories["personachat:valid_0"]] == ["i have two dogs.", "i like jazz.", "i ski."]
+    assert [i.text for i in histories["personachat:valid_0"]] == [
+        "i have two dogs.",
+        "i like jazz.",
+        "i ski.",
+    ]
     assert len(examples) == 4 + 1 + 2
     fourth = examples[3]
     # Two earlier exchanges as context, then the partner's message.
-    assert [m.role for m in fourth.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m.role for m in fourth.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     assert fourth.messages[-1].content == "question 3 ?" and fourth.response == "answer 3 ."
     with pytest.raises(TaskDataError, match="not 'train'"):
         task.records(tmp_path, "train")
@@ -211,7 +259,10 @@ def test_personachat_joins_dialogues_of_one_persona(tmp_path: Path) -> None:
 
 def test_task_files_that_do_not_fit_name_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "reddit").mkdir()
-    _lines(tmp_path / "reddit" / "dev.jsonl", [{"user_id": "a", "items": [], "pairs": []}, {"user_id": 3}])
+    _lines(
+        tmp_path / "reddit" / "dev.jsonl",
+        [{"user_id": "a", "items": [], "pairs": []}, {"user_id": 3}],
+    )
     with pytest.raises(TaskDataError, match=r"dev.jsonl:2: 'user_id' must be a str"):
         get_task("reddit").records(tmp_path, "dev")
     with pytest.raises(TaskDataError, match="not a folder"):
@@ -223,12 +274,31 @@ def test_task_files_that_do_not_fit_name_file_and_line(tmp_path: Path) -> None:
 def test_export_writes_the_generic_format(tmp_path: Path) -> None:
     root = _shared_layout(tmp_path / "data")
     out = tmp_path / "out"
-    assert curp_main(["data", "export", "aeslc", "--data", str(root), "--split", "dev", "--out", str(out)]) == 0
+    assert (
+        curp_main(
+            ["data", "export", "aeslc", "--data", str(root), "--split", "dev", "--out", str(out)]
+        )
+        == 0
+    )
     assert len(read_examples(out / "examples.jsonl")) == 3
-    assert curp_main(["data", "check", "--examples", str(out / "examples.jsonl"), "--histories", str(out / "histories.jsonl")]) == 0
+    assert (
+        curp_main(
+            [
+                "data",
+                "check",
+                "--examples",
+                str(out / "examples.jsonl"),
+                "--histories",
+                str(out / "histories.jsonl"),
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.skipif(not (DATA / "reddit" / "dev.jsonl").is_file(), reason=f"shared data not found at {DATA}")
+@pytest.mark.skipif(
+    not (DATA / "reddit" / "dev.jsonl").is_file(), reason=f"shared data not found at {DATA}"
+)
 def test_the_shared_data_exports(tmp_path: Path) -> None:
     counts = {}
     for name in ("lamp7", "reddit", "aeslc", "personachat"):

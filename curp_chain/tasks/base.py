@@ -156,7 +156,7 @@ def examples_from_records(
     chosen = {user: records[-per_user:] for user, records in by_user.items()}
     ordered = []
     for round_index in range(per_user):
-        for user, records in chosen.items():
+        for records in chosen.values():
             if round_index < len(records):
                 ordered.append(records[round_index])
     result = []
@@ -197,7 +197,7 @@ def example_record(
     turns = task.request(text, context)
     return ExampleRecord(
         user_id=user_id,
-        messages=tuple(Message(role=t.role, content=t.content) for t in turns),  # type: ignore[arg-type]
+        messages=tuple(Message(role=t.role, content=t.content) for t in turns),
         response=response,
         item_id=item_id,
     )

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +167,7 @@ class Lamp7Task(Task):
         if split != "dev":
             raise TaskDataError("lamp7 evaluates on its dev folder only (--split dev)")
         return [
-            TaskExample(
-                e.id, e.id, tuple(paraphrase_turns(e.input)), e.gold, e.profile, e.source
-            )
+            TaskExample(e.id, e.id, tuple(paraphrase_turns(e.input)), e.gold, e.profile, e.source)
             for e in load_lamp(self.folder(data_dir))
         ]
 
@@ -211,7 +209,9 @@ def training_records(
     histories: Histories = {}
     for user in users:
         ids = [f"{user.user_id}:{i}" for i in range(len(user.texts))]
-        histories[user.user_id] = [ItemRecord(text=t, id=i) for t, i in zip(user.texts, ids, strict=True)]
+        histories[user.user_id] = [
+            ItemRecord(text=t, id=i) for t, i in zip(user.texts, ids, strict=True)
+        ]
         for tweet, item_id in zip(user.texts, ids, strict=True):
             if accepted.get(tweet):
                 examples.append(

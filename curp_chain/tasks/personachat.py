@@ -74,11 +74,22 @@ class PersonaChatTask(Task):
             user = f"personachat:{dialogues[owner]['id']}"
             facts = histories.setdefault(user, [])
             known = {f.text for f in facts}
-            facts += [ItemRecord(text=f, kind="persona") for f in dialogue["persona"] if f not in known]
+            facts += [
+                ItemRecord(text=f, kind="persona") for f in dialogue["persona"] if f not in known
+            ]
             context: list[ChatTurn] = []
             for turn in dialogue["turns"]:
                 examples.append(
-                    example_record(self, user, turn["query"], turn["reply"], context=context[-2 * CONTEXT_TURNS :])
+                    example_record(
+                        self,
+                        user,
+                        turn["query"],
+                        turn["reply"],
+                        context=context[-2 * CONTEXT_TURNS :],
+                    )
                 )
-                context += [ChatTurn("user", cut(turn["query"])), ChatTurn("assistant", cut(turn["reply"]))]
+                context += [
+                    ChatTurn("user", cut(turn["query"])),
+                    ChatTurn("assistant", cut(turn["reply"])),
+                ]
         return examples, histories

@@ -19,9 +19,7 @@ from curp_chain.tasks.base import Task, TaskDataError, example_record, field, re
 class RedditTask(Task):
     name = "reddit"
     description = "Reddit college subreddits: the author's reply to a post or comment"
-    system = (
-        "You write Reddit comments. Reply with the comment only, nothing before or after it."
-    )
+    system = "You write Reddit comments. Reply with the comment only, nothing before or after it."
     instruction = "Write a reply to this Reddit post:\n\n"
     history_header = "Earlier posts and comments written by this user:"
     history_footer = "Write the reply in the same style as this user's posts and comments."
@@ -47,7 +45,9 @@ class RedditTask(Task):
                         created_at=datetime.fromtimestamp(created, UTC)
                         if isinstance(created, int | float)
                         else None,
-                        metadata={"subreddit": item["subreddit"]} if item.get("subreddit") else None,
+                        metadata={"subreddit": item["subreddit"]}
+                        if item.get("subreddit")
+                        else None,
                     )
                 )
             histories[user] = items

@@ -21,7 +21,14 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from curp_chain.errors import CurpError
-from curp_chain.training.options import STAGES, StageOptions, as_dict, field_help
+from curp_chain.training.options import (
+    STAGES,
+    CodebookOptions,
+    ProjectorOptions,
+    StageOptions,
+    as_dict,
+    field_help,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +148,7 @@ def add_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None
             parser.add_argument(flag, action=action, default=argparse.SUPPRESS, help=text)
             continue
         kind, choices = _value_type(info.annotation)
-        parser.add_argument(
-            flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=text
-        )
+        parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=text)
 
 
 _DESCRIPTIONS = {
@@ -209,9 +214,7 @@ def cmd_sources(args: argparse.Namespace) -> int:
     if options.backend == "hf":
         backend = open_hf_backend(options.model_path)
     else:
-        backend = open_llamacpp_backend(
-            options.model_path, n_threads=options.threads, n_ctx=1024
-        )
+        backend = open_llamacpp_backend(options.model_path, n_threads=options.threads, n_ctx=1024)
     logger.info("%d target tweets, %d already in %s", len(tweets), len(cache), path)
     counts = generate_sources(
         backend,
@@ -235,8 +238,9 @@ def cmd_codebook(args: argparse.Namespace) -> int:
     from curp_chain.training.codebook import run_codebook_stage
 
     options = resolve_options(args)
-    report = run_codebook_stage({**as_dict(options), "command": command_line()})
-    out = save_train_config(args, as_dict(options)["out"], options)
+    assert isinstance(options, CodebookOptions)
+    report = run_codebook_stage(options, command_line())
+    out = save_train_config(args, str(options.out), options)
     summary = report["summary"]
     shown = ("held_out", "held_out_pan19", "lamp7_profiles", "wall_s")
     print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
@@ -258,12 +262,12 @@ def cmd_projector(args: argparse.Namespace) -> int:
     from curp_chain.training.align import run_projector_stage
 
     options = resolve_options(args)
-    values = as_dict(options)
-    summary = run_projector_stage({**values, "provenance": {"command": command_line()}})
-    if values["validate_only"]:
+    assert isinstance(options, ProjectorOptions)
+    summary = run_projector_stage(options, {"command": command_line()})
+    if options.validate_only:
         print(json.dumps(summary, indent=2))
         return 0
-    out = save_train_config(args, values["out"], options)
+    out = save_train_config(args, str(options.out), options)
     print(json.dumps({k: summary[k] for k in _PROJECTOR_SUMMARY}, indent=2))
     print(f"checkpoint written to {out.parent}")
     return 0

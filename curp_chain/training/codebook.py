@@ -27,6 +27,7 @@ from curp_chain.codebook import ProductQuantizer, squared_distances
 from curp_chain.encoder import SentenceEncoder
 from curp_chain.errors import CurpError
 from curp_chain.training.data import text_key
+from curp_chain.training.options import CodebookOptions
 
 logger = logging.getLogger(__name__)
 
@@ -312,27 +313,26 @@ def history_texts(texts: Sequence[str], exclude: str | None, limit: int) -> list
     return [t for t in texts if t != exclude][:limit]
 
 
-def generic_users(options: dict[str, Any]) -> list[Any]:
+def generic_users(options: CodebookOptions) -> list[Any]:
     """The users of ``--histories`` (a file or store URL) with at least two items; with
     ``--examples``, only the users that have examples."""
     from curp_chain.datasets import read_examples, read_histories
     from curp_chain.training.data import UserTexts
 
-    histories = read_histories(options["histories"])
-    wanted = (
-        {e.user_id for e in read_examples(options["examples"])} if options.get("examples") else None
-    )
+    assert options.histories is not None
+    histories = read_histories(options.histories)
+    wanted = {e.user_id for e in read_examples(options.examples)} if options.examples else None
     users = [
         UserTexts(user, "generic", tuple(i.text for i in items))
         for user, items in histories.items()
         if len(items) >= 2 and (wanted is None or user in wanted)
     ]
     if not users:
-        raise CurpError(f"{options['histories']}: no user with at least two history items")
+        raise CurpError(f"{options.histories}: no user with at least two history items")
     return users
 
 
-def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
+def run_codebook_stage(options: CodebookOptions, command: str | None = None) -> dict[str, Any]:
     """Embed the users' items, initialise with balanced k-means, train, report, save.
 
     ``options`` are the `curp train codebook` options. Writes a checkpoint folder whose
@@ -355,36 +355,41 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
     from curp_chain.training.personas import apply_persona, persona_of
 
     start = time.monotonic()
-    if options.get("threads"):
-        torch.set_num_threads(int(options["threads"]))
-    seed = int(options["seed"])
-    style_dim = STYLE_DIM if options.get("style", True) else 0
+    if options.threads:
+        torch.set_num_threads(int(options.threads))
+    seed = int(options.seed)
+    style_dim = STYLE_DIM if options.style else 0
     encoder_dim = CurpConfig.model_fields["encoder_dim"].default
     # With style features, the encoder vector is cut into parts as wide as the style vector,
     # so that the style features are one subspace of their own.
-    num_subspaces = options.get("num_subspaces") or (
+    num_subspaces = options.num_subspaces or (
         (encoder_dim + style_dim) // style_dim if style_dim else 8
     )
     config = CurpConfig(
         style_dim=style_dim,
         num_subspaces=num_subspaces,
-        codebook_size=options["codebook_size"],
-        max_history_items=options["max_history"],
+        codebook_size=options.codebook_size,
+        max_history_items=options.max_history,
     )
     encoder = SentenceEncoder(
         encoder_id=config.encoder_id, device="cuda" if torch.cuda.is_available() else "cpu"
     )
-    cache_dir = Path(options["cache_dir"] or default_cache_dir())
+    cache_dir = Path(options.cache_dir or default_cache_dir())
     cache = EmbeddingCache(embedding_cache_path(cache_dir, config.encoder_id), encoder)
 
-    generic = bool(options.get("histories"))
-    users = generic_users(options) if generic else load_pan(options["data_dir"], max_users=options["max_users"])
-    train, held = split_users(users, options["held_out_fraction"], seed)
-    train = user_order(train, seed)[: options["train_users"]]
-    per_user = options["max_history"] + 1  # covers the history of any target choice
+    generic = bool(options.histories)
+    users = (
+        generic_users(options)
+        if generic
+        else load_pan(options.data_dir, max_users=options.max_users)
+    )
+    train, held = split_users(users, options.held_out_fraction, seed)
+    train = user_order(train, seed)[: options.train_users]
+    per_user = options.max_history + 1  # covers the history of any target choice
     # The codebook sees the training users as stage 2 does: with their style personas.
-    fraction = float(options.get("persona_fraction") or 0.0)
+    fraction = float(options.persona_fraction or 0.0)
     personas = {u.user_id: persona_of(u.user_id, fraction, seed) if fraction else () for u in train}
+
     # Generic histories are oldest first and stage 2 takes the newest items; PAN's first.
     def window(texts: Sequence[str], n: int) -> Sequence[str]:
         return texts[-n:] if generic else texts[:n]
@@ -392,15 +397,15 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
     train_texts = [
         apply_persona(t, personas[u.user_id]) for u in train for t in window(u.texts, per_user)
     ]
-    held_texts = [t for u in held for t in window(u.texts, options["held_out_items"])]
+    held_texts = [t for u in held for t in window(u.texts, options.held_out_items)]
     if not held_texts:
         raise CurpError(
             f"no held-out user to report on among {len(users)} users: raise --held-out-fraction"
         )
     lamp_users = (
-        [] if generic else load_lamp7_profiles(options["data_dir"])[: options.get("lamp7_report_users")]
+        [] if generic else load_lamp7_profiles(options.data_dir)[: options.lamp7_report_users]
     )
-    lamp_texts = [t for u in lamp_users for t in u.texts[: options["max_history"]]]
+    lamp_texts = [t for u in lamp_users for t in u.texts[: options.max_history]]
     logger.info(
         "embedding %d train, %d held-out and %d LaMP-7 profile items",
         len(train_texts),
@@ -413,19 +418,17 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
 
     model = initial_model(config, seed)
     quantizer = model.quantizer
-    largest = kmeans_init(
-        quantizer, train_vectors, iterations=options["kmeans_iterations"], seed=seed
-    )
+    largest = kmeans_init(quantizer, train_vectors, iterations=options.kmeans_iterations, seed=seed)
     initial_report = codebook_report(quantizer, held_vectors)
     result = train_codebook(
         quantizer,
         train_vectors,
-        steps=options["steps"],
-        batch_size=options["batch_size"],
-        lr=options["lr"],
-        usage_weight=options["usage_weight"],
-        temperature=options["usage_temperature"],
-        reseed_every=options["reseed_every"],
+        steps=options.steps,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        usage_weight=options.usage_weight,
+        temperature=options.usage_temperature,
+        reseed_every=options.reseed_every,
         seed=seed,
     )
     held_name = "held_out" if generic else "held_out_pan19"
@@ -447,13 +450,13 @@ def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
         "final_loss": result.final_loss,
         "wall_s": round(time.monotonic() - start, 1),
     }
-    out = Path(options["out"])
+    out = Path(str(options.out))
     final_config = config.model_copy(
         update={
             "trained": False,
             "provenance": {
                 "stage": "codebook",
-                "command": options.get("command"),
+                "command": command,
                 "note": "codebook trained; aggregator and projector untrained (run `curp train "
                 "projector` next)",
                 "codebook": summary,

@@ -54,7 +54,9 @@ class Example:
     def shown_input(self) -> str:
         """The user message without LaMP-7's instruction, for reports."""
         message = self.user_message
-        return message[len(LAMP7_INSTRUCTION) :] if message.startswith(LAMP7_INSTRUCTION) else message
+        return (
+            message[len(LAMP7_INSTRUCTION) :] if message.startswith(LAMP7_INSTRUCTION) else message
+        )
 
 
 def derangement(n: int, seed: int) -> list[int]:

@@ -243,7 +243,9 @@ class ProjectorOptions(GenericDataOptions):
         if self.task_init != "random" and not self.task_only:
             raise ValueError("--task-init sets how a --task-only run starts; add --task-only")
         if self.task_init != "random" and self.start_prompt:
-            raise ValueError("--task-init and --start-prompt both set the starting prompt; pick one")
+            raise ValueError(
+                "--task-init and --start-prompt both set the starting prompt; pick one"
+            )
         if not self.task_only and self.batch_size < 2:
             raise ValueError(
                 "--batch-size must be at least 2: CURP's history offset is centred over the "
@@ -251,7 +253,9 @@ class ProjectorOptions(GenericDataOptions):
             )
         _generic_pairing(self)
         if (self.val_examples or self.histories) and not self.examples:
-            raise ValueError("--histories and --val-examples go with --examples; pass --examples too")
+            raise ValueError(
+                "--histories and --val-examples go with --examples; pass --examples too"
+            )
         return self
 
 
