@@ -60,10 +60,15 @@ __all__ = [
     "SoftTokenSource",
     "batch_loss",
     "derangement",
+    "encode_examples",
+    "generation_sample",
     "lr_at",
     "pad_items",
     "run_projector_stage",
+    "training_examples",
     "user_margin_loss",
+    "validate",
+    "validation_examples",
 ]
 
 
