@@ -16,7 +16,7 @@ import pytest
 
 from curp_chain.cli import main as curp_main
 from curp_chain.errors import CurpError
-from curp_chain.eval.harness import EvalConfig, run_eval
+from curp_chain.eval.harness import EvalConfig, Harness
 from curp_chain.eval.methods import MethodSettings, text_turns
 from curp_chain.tasks import get_task
 from curp_chain.training.initialize import write_untrained_checkpoint
@@ -84,35 +84,41 @@ def test_text_prompts_use_the_tasks_own_wording(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_models
-@pytest.mark.parametrize("task", ["reddit", "aeslc", "personachat"])
-def test_every_method_runs_on_each_task(tmp_path: Path, task: str) -> None:
+def test_every_method_runs_on_each_task(tmp_path: Path) -> None:
     checkpoint = tmp_path / "ckpt"
     write_untrained_checkpoint(checkpoint)
     settings = MethodSettings(checkpoint=checkpoint, task_checkpoint=tmp_path / "none", threads=1)
-    config = EvalConfig(
-        data=write_tasks(tmp_path / "data"),
-        task=task,
-        methods=("none", "rag", "profile", "curp", "curp-shuffled", "curp-noquery"),
-        max_tokens=6,
-        cache_dir=tmp_path / "cache",
-        method_settings=settings,
-    )
-    run = run_eval(config, progress=False)
+    data = write_tasks(tmp_path / "data")
+    shared: dict[str, Any] = {}
     # One example per user, but up to five emails per sender for aeslc (three here).
-    expected = {"reddit": 3, "aeslc": 9, "personachat": 3}[task]
-    for method, rows in run.records.items():
-        assert len(rows) == expected, method
-        assert all(r.gold_nll is not None and r.gold_nll > 0 for r in rows), method
-    # Text methods spend tokens on the user's history; curp spends its soft tokens only.
-    assert all(r.user_tokens > 0 for r in run.records["profile"])
-    assert [r.soft_tokens for r in run.records["curp"]][:1] == [5]
-    # The gold reply is scored on the same tokens whatever the prompt.
-    assert [r.gold_tokens for r in run.records["curp"]] == [
-        r.gold_tokens for r in run.records["none"]
-    ]
-    # copy does not apply here: refused before anything is generated.
-    with pytest.raises(CurpError, match="copy does not apply"):
-        run_eval(config.model_copy(update={"methods": ("copy",)}), progress=False)
+    for task, expected in (("reddit", 3), ("aeslc", 9), ("personachat", 3)):
+        config = EvalConfig(
+            data=data,
+            task=task,
+            methods=("none", "rag", "profile", "curp", "curp-shuffled", "curp-noquery"),
+            max_tokens=6,
+            cache_dir=tmp_path / "cache",
+            method_settings=settings,
+        )
+        harness = Harness(config)
+        # The same loaded models serve every task (attributes the resources cache anyway).
+        for name, model in shared.items():
+            setattr(harness.resources, name, model)
+        run = harness.run(progress=False)
+        shared = {n: getattr(harness.resources, n) for n in ("llm", "scorer", "encoder")}
+        assert list(run.records) == list(config.methods)
+        for method, rows in run.records.items():
+            assert len(rows) == expected, (task, method)
+            assert all(r.gold_nll is not None and r.gold_nll > 0 for r in rows), (task, method)
+        # Text methods spend tokens on the user's history; curp spends its soft tokens only.
+        assert all(r.user_tokens > 0 for r in run.records["profile"]), task
+        assert {r.soft_tokens for r in run.records["curp"]} == {5}, task
+        # The gold reply is scored on the same tokens whatever the prompt.
+        gold = [r.gold_tokens for r in run.records["curp"]]
+        assert gold == [r.gold_tokens for r in run.records["none"]], task
+        # copy does not apply here: refused before anything is generated.
+        with pytest.raises(CurpError, match="copy does not apply"):
+            Harness(config.model_copy(update={"methods": ("copy",)})).run(progress=False)
 
 
 @pytest.mark.slow

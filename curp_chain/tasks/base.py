@@ -72,11 +72,12 @@ class TaskExample:
         return [item.text for item in self.profile]
 
     def fingerprint(self) -> str:
-        """Changes whenever anything a method or a metric reads changes."""
+        """Changes whenever anything a method or a metric reads changes. The system message
+        is left out: it reaches only the prompt, whose own fingerprint covers it."""
         payload = json.dumps(
             [
                 self.id,
-                [[t.role, t.content] for t in self.messages],
+                [[t.role, t.content] for t in self.messages if t.role != "system"],
                 self.gold,
                 [[p.id, p.text] for p in self.profile],
             ],
