@@ -44,6 +44,7 @@ from curp_chain.structured import (
     schema_and_parser,
     with_format_instruction,
 )
+from curp_chain.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
 
 
 def logprobs_metadata(logprobs: Sequence[TokenLogprob]) -> dict[str, list[dict[str, Any]]]:
@@ -196,6 +197,9 @@ class CurpChatModel(BaseChatModel):
     max_retries: int = 0
     """Accepted for LangChain compatibility; local generation is not retried."""
     streaming: bool = False
+    default_system_message: str | None = DEFAULT_SYSTEM_MESSAGE
+    """Sent first when a request has no system message of its own; None sends none (the
+    model's chat template may then add its own default). See curp_chain.system_message."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _personalizer: Personalizer | None = PrivateAttr(default=None)
@@ -346,7 +350,7 @@ class CurpChatModel(BaseChatModel):
     ) -> PreparedRequest:
         """Everything a request needs before the first token: the personalized prompt, the
         generation settings and the backend. Shared by the sync and async paths."""
-        turns = to_chat_turns(messages)
+        turns = with_default_system(to_chat_turns(messages), self.default_system_message)
         params = self._params(stop, kwargs)
         if params.json_schema is not None:
             turns = with_format_instruction(turns, params.json_schema)
