@@ -3,8 +3,9 @@
 Every request of ``benchmarks/everyday_requests.json`` is answered once with no user
 (``none``: no soft tokens) and once per user of ``benchmarks/everyday_users.json``
 (``curp``: that user's soft tokens), greedy, and each reply is checked by
-:func:`curp_chain.refusal.is_refusal`. Prints the refusal rate per condition; ``--json``
-keeps every reply.
+:func:`curp_chain.refusal.is_refusal` and :func:`curp_chain.refusal.is_degenerate` (a reply
+that answers nothing: the request echoed, or mostly @mentions, hashtags and emoji). Prints
+both per condition; ``--json`` keeps every reply; ``--rescore FILE`` re-counts a saved run.
 
 By default the requests go through ``CurpChatModel.invoke`` exactly as an application sends
 them (one user message, the model's own defaults, so its default system message). The
@@ -34,7 +35,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from curp_chain import CurpChatModel
 from curp_chain.defaults import open_llamacpp_backend, open_store
 from curp_chain.prompt import build_soft_prompt
-from curp_chain.refusal import refusal_reason
+from curp_chain.refusal import is_degenerate, refusal_reason
 from curp_chain.system_message import with_default_system
 
 HERE = Path(__file__).parent
@@ -112,19 +113,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = []
         for request in requests:
             text = answer(model, request, user_id, args)
-            rows.append({"request": request, "reply": text, "refusal": refusal_reason(text)})
+            rows.append(
+                {
+                    "request": request,
+                    "reply": text,
+                    "refusal": refusal_reason(text),
+                    "degenerate": is_degenerate(text, request),
+                }
+            )
         refused = [r for r in rows if r["refusal"]]
+        degenerate = sum(r["degenerate"] for r in rows)
         results[name] = {
             "refusals": len(refused),
             "requests": len(rows),
             "rate": len(refused) / len(rows),
             "kinds": dict(Counter(r["refusal"] for r in refused)),
+            "degenerate": degenerate,
             "wall_s": round(time.perf_counter() - start, 1),
             "replies": rows,
         }
         print(
             f"{name:12s} refusals {len(refused):2d}/{len(rows)} ({len(refused) / len(rows):.0%})"
-            f"  {dict(Counter(r['refusal'] for r in refused))}  {results[name]['wall_s']} s",
+            f"  {dict(Counter(r['refusal'] for r in refused))}  degenerate {degenerate}"
+            f"  {results[name]['wall_s']} s",
             flush=True,
         )
     curp = [results[n] for n, u in conditions if u is not None]
@@ -146,6 +157,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def rescore(path: Path) -> None:
+    """Refusal rates of a saved run (``--json``) under the current detector."""
+    report = json.loads(path.read_text())
+    print(f"{path}: {report['settings']}")
+    total = count = 0
+    for name, result in report["conditions"].items():
+        reasons = [refusal_reason(row["reply"]) for row in result["replies"]]
+        refused = sum(r is not None for r in reasons)
+        degenerate = sum(is_degenerate(row["reply"], row["request"]) for row in result["replies"])
+        if name.startswith("curp:"):
+            total, count = total + refused, count + len(reasons)
+        kinds = dict(Counter(filter(None, reasons)))
+        print(f"{name:12s} refusals {refused:2d}/{len(reasons)}  {kinds}  degenerate {degenerate}")
+    print(f"{'curp (all)':12s} refusals {total:2d}/{count}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=Path, default=HERE / "everyday_requests.json")
@@ -165,7 +192,11 @@ def main() -> None:
     parser.add_argument("--soft", choices=["full", "base", "offset"], default="full")
     parser.add_argument("--show", type=int, default=3, help="example refusals shown per condition")
     parser.add_argument("--json", type=Path, default=None, help="write every reply here")
+    parser.add_argument("--rescore", type=Path, help="re-count the refusals of a saved --json run")
     args = parser.parse_args()
+    if args.rescore:
+        rescore(args.rescore)
+        return
     report = run(args)
     for name, result in report["conditions"].items():
         shown = [r for r in result["replies"] if r["refusal"]][: args.show]

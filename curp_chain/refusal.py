@@ -10,7 +10,9 @@ refuses in a few recognisable ways, all seen in SmolLM2-135M-Instruct's replies:
 - it says it cannot: "I can't provide recommendations", "I don't have personal
   experiences", "I'm not able to browse";
 - it opens with an apology: "I'm sorry for any confusion, but...", "I apologize...",
-  or a misplaced condolence ("I'm sorry for your loss") in place of an answer.
+  or a misplaced condolence ("I'm sorry for your loss") in place of an answer. Sympathy
+  ("I'm so sorry to hear that you're feeling unmotivated. It's normal...") is not an
+  apology for not answering and does not count.
 
 A reply is a refusal when any of these patterns matches (case-insensitive): disclaimers and
 "cannot" statements anywhere in the reply, apologies only at its start (the first sentence).
@@ -18,6 +20,9 @@ A reply is a refusal when any of these patterns matches (case-insensitive): disc
 or an object such as personal experiences after it. The detector errs toward counting: an
 honest "I don't have personal preferences, but here is one..." is a refusal here too, since
 the reply still declines the request as asked.
+
+A reply can also fail without refusing: :func:`is_degenerate` flags replies that answer
+nothing (empty, the request echoed, or mostly @mentions, hashtags and emoji).
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ _NO_SELF = re.compile(
 )
 
 _APOLOGY_START = re.compile(
-    r"^\W*(?:i(?:'m|’m|\s+am)\s+(?:so\s+|very\s+|truly\s+|really\s+)?sorry|i\s+apologi[sz]e|sorry\b"
+    r"^\W*(?:(?:i(?:'m|’m|\s+am)\s+(?:so\s+|very\s+|truly\s+|really\s+)?)?sorry\b(?!\s+to\s+hear)"
+    r"|i\s+apologi[sz]e"
     r"|my\s+apologies|unfortunately\b|i\s+regret)",
     re.IGNORECASE,
 )
@@ -80,3 +86,17 @@ def refusal_rate(replies: Iterable[str]) -> float:
     """The fraction of ``replies`` that are refusals (0.0 for no replies)."""
     flags = [is_refusal(r) for r in replies]
     return sum(flags) / len(flags) if flags else 0.0
+
+
+_NOISE = re.compile(r"[@#]\S+|[\U0001f300-\U0001faff\u2600-\u27bf\U0001f000-\U0001f2ff\ufe0f]")
+
+
+def is_degenerate(reply: str, request: str) -> bool:
+    """True when ``reply`` answers nothing: empty, the request echoed back, or mostly
+    @mentions, #hashtags and emoji (over a third of its characters), which a tweet-trained
+    soft prompt can push a small model into ("@french_lady @french_babylonian ...")."""
+    text = " ".join(reply.split())
+    if not text or text.strip(" \"'@").lower() == " ".join(request.split()).lower():
+        return True
+    noise = sum(len(m) for m in _NOISE.findall(text))
+    return noise > len(text.replace(" ", "")) / 3

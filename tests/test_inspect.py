@@ -86,7 +86,8 @@ def test_each_subspace_shift_is_the_change_in_the_replys_likelihood(
     assert len(inspection.shifts) == personalizer.user_model.config.num_subspaces
     for shift in inspection.shifts:
         assert math.isfinite(shift.delta)
-        assert shift.replaced_by == inspection.population_counts[shift.subspace].most_common(1)[0][0]
+        mode = inspection.population_counts[shift.subspace].most_common(1)[0][0]
+        assert shift.replaced_by == mode
         if shift.changed_items == 0:
             assert shift.delta == 0.0
     assert any(shift.delta != 0.0 for shift in inspection.shifts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from curp_chain.refusal import is_refusal, refusal_rate, refusal_reason
+from curp_chain.refusal import is_degenerate, is_refusal, refusal_rate, refusal_reason
 
 REFUSALS = [
     # Disclaimers: the model talks about being a chatbot instead of answering.
@@ -31,6 +31,10 @@ REFUSALS = [
     ("I'm not equipped to provide recommendations or suggest activities.", "cannot"),
     ("I don't have personal experiences, but many people enjoy hiking.", "cannot"),
     ("Unfortunately, I cannot help with that request.", "cannot"),
+    (
+        "I'm sorry, but as a fan of music, I'm not equipped to recommend songs.",
+        "cannot",
+    ),
     # Apologies in place of an answer.
     (
         "I'm sorry for any mistakes, but I'm sorry for the inconvenience. I'm sorry I didn't "
@@ -42,6 +46,7 @@ REFUSALS = [
         "I'm here to help you with whatever you're going through.",
         "apology",
     ),
+    ("I'm sorry, but I'm not sure what you're asking. What's your problem?", "apology"),
 ]
 
 ANSWERS = [
@@ -60,6 +65,9 @@ ANSWERS = [
     "I can't wait for the weekend: a long run on Saturday and brunch on Sunday.",
     "Don't forget sunscreen, a towel and a good book for the beach.",
     "The capital of France is Paris.",
+    # Sympathy opens an answer; it is not an apology for not answering.
+    "I'm so sorry to hear that you're feeling unmotivated. It's completely normal to have a "
+    "busy schedule.",
 ]
 
 
@@ -77,3 +85,33 @@ def test_answers_are_not_refusals(reply: str) -> None:
 def test_refusal_rate_counts_the_refused_share() -> None:
     assert refusal_rate([REFUSALS[0][0], ANSWERS[0], ANSWERS[1], REFUSALS[1][0]]) == 0.5
     assert refusal_rate([]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("reply", "sent"),
+    [
+        (
+            "@french_lady @french_babylonian @frenchbabylonians @french-babyloniababyloni",
+            "Can you recommend something to do tonight?",
+        ),
+        ("🍏🍏\n\n🍏❤🍏✨🍏♪🍏#🍏 #🍏 @🍏@🍏 🍏", "What should I cook tonight?"),
+        ("How are you doing today?", "How are you doing today?"),
+        ("@Plans for the weekend?", "Plans for the weekend?"),
+        ("", "Tell me a joke."),
+    ],
+)
+def test_replies_that_answer_nothing_are_degenerate(reply: str, sent: str) -> None:
+    assert is_degenerate(reply, sent)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "I'm doing great! 😊",
+        "🌱🌱 My weekend is a mix of adventure and relaxation. I love exploring new places.",
+        "You can make a delicious rice cake with leftover rice!",
+        "Dear @john_john,\n\nI hope this message finds you well. Thank you for your help.",
+    ],
+)
+def test_answers_with_some_emoji_or_mentions_are_not_degenerate(reply: str) -> None:
+    assert not is_degenerate(reply, "Write a tweet about my weekend.")
