@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_train(sub)
     register_eval(sub)
     register_data(sub)
+    from curp_chain.inspection_cli import register as register_inspect
+
+    register_inspect(sub, common)
     return parser
 
 
