@@ -68,6 +68,7 @@ from curp_chain.structured import (
     schema_and_parser,
     with_format_instruction,
 )
+from curp_chain.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
 from curp_chain.tool_decoding import ToolDecoding, tool_decoding
 from curp_chain.tool_prompt import inline_tools
 from curp_chain.tool_stream import ToolCallAssembler, ToolCallResult
@@ -264,6 +265,9 @@ class CurpChatModel(BaseChatModel):
     history (encoded at write time, so their next request uses it). Off by default."""
     remember_replies: bool = False
     """With ``remember_turns``: store the model's text replies too (kind "chat_reply")."""
+    default_system_message: str | None = DEFAULT_SYSTEM_MESSAGE
+    """Sent first when a request has no system message of its own; None sends none (the
+    model's chat template may then add its own default). See curp_chain.system_message."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _personalizer: Personalizer | None = PrivateAttr(default=None)
@@ -549,7 +553,7 @@ class CurpChatModel(BaseChatModel):
     ) -> PreparedRequest:
         """Everything a request needs before the first token: the personalized prompt, the
         generation settings and the backend. Shared by the sync and async paths."""
-        turns = to_chat_turns(messages)
+        turns = with_default_system(to_chat_turns(messages), self.default_system_message)
         decoding = tool_decoding(kwargs)
         params = self._params(stop, kwargs, decoding)
         if decoding.response_schema is not None:

@@ -126,11 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=None)
     history.set_defaults(func=cmd_history)
 
+    from curp_chain.data_cli import register as register_data
     from curp_chain.eval.cli import register as register_eval
     from curp_chain.training.cli import register as register_train
 
     register_train(sub)
     register_eval(sub)
+    register_data(sub)
+    from curp_chain.inspection_cli import register as register_inspect
+
+    register_inspect(sub, common)
     return parser
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from curp_chain import tasks
 from curp_chain.errors import CheckpointError, CurpError
 from curp_chain.eval.cli import register
 from curp_chain.eval.harness import EvalConfig, ResultCache, run_eval
@@ -22,6 +21,7 @@ from curp_chain.eval.lamp import LAMP7_INSTRUCTION, LampDataError, load_lamp, so
 from curp_chain.eval.methods import MethodSettings, Resources, bm25_ranking, parse_methods
 from curp_chain.eval.metrics import clean_reply, rouge
 from curp_chain.eval.report import markdown_table, paired_table, results_json
+from curp_chain.tasks import Lamp7Task, lamp7
 from curp_chain.training.initialize import write_untrained_checkpoint
 
 RESULT_KEYS = {"rouge1", "rougeL", "gold_nll", "prompt_tokens", "ttft_ms", "tokens_per_s", "n"}
@@ -157,7 +157,7 @@ def test_bm25_ranks_by_overlap_with_rare_words_first() -> None:
 
 def test_shuffled_users_never_keep_their_own_history(tmp_path: Path) -> None:
     users = [dict(USERS[0], id=f"u{i}") for i in range(7)]
-    population = load_lamp(write_lamp(tmp_path / "lamp7", users))
+    population = Lamp7Task().eval_examples(write_lamp(tmp_path / "lamp7", users))
     first = Resources(MethodSettings(seed=3), population).derangement
     assert all(first[u.id].id != u.id for u in population)
     assert sorted(d.id for d in first.values()) == sorted(u.id for u in population)
@@ -306,7 +306,7 @@ def test_end_to_end_results_plot_and_resume(
     # Another generation setting is another cache entry.
     assert run_eval(_config(tmp_path, "none", max_tokens=6), progress=False).generated == 2
     # So is another prompt: results are keyed by the exact prompt they were made from.
-    monkeypatch.setattr(tasks, "PARAPHRASE_SYSTEM", "Rewrite the tweet.")
+    monkeypatch.setattr(lamp7, "PARAPHRASE_SYSTEM", "Rewrite the tweet.")
     assert run_eval(_config(tmp_path, "copy,none,curp"), progress=False).generated == 4
 
 

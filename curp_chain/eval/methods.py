@@ -36,13 +36,12 @@ from curp_chain.checkpoint import DEFAULT_CHECKPOINT, check_compatible, load_che
 from curp_chain.defaults import open_hf_backend, open_llamacpp_backend
 from curp_chain.encoder import SentenceEncoder
 from curp_chain.errors import CheckpointError, CurpError, MissingDependencyError
-from curp_chain.eval.lamp import LampExample
 from curp_chain.eval.metrics import EVAL_INSTALL
 from curp_chain.personalizer import Personalizer
 from curp_chain.prompt import ChatTurn, build_soft_prompt
 from curp_chain.protocols import SoftPrompt, SoftPromptBackend, SoftVectors
 from curp_chain.task_prompt import TaskPrompt, load_task_prompt
-from curp_chain.tasks import paraphrase_turns
+from curp_chain.tasks import Lamp7Task, Task, TaskExample
 from curp_chain.user_model import CurpUserModel
 
 logger = logging.getLogger(__name__)
@@ -51,9 +50,10 @@ DEFAULT_TASK_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-task"
 """Where the trained task-only soft prompt for SmolLM2-135M-Instruct is bundled."""
 
 
-HISTORY_HEADER = "Earlier tweets written by this user:"
-HISTORY_FOOTER = "Write the paraphrase in the same style as this user's tweets."
-"""Text-history prompts: the items as a list, then this line, then the LaMP request."""
+HISTORY_HEADER = Lamp7Task.history_header
+HISTORY_FOOTER = Lamp7Task.history_footer
+"""LaMP-7's text-history prompts: the items as a list, then this line, then the request.
+Each task has its own (:class:`~curp_chain.tasks.Task`)."""
 
 
 class MethodSettings(BaseModel):
@@ -125,10 +125,16 @@ def dense_ranking(query: str, documents: Sequence[str], encoder: SentenceEncoder
 class Resources:
     """The models the methods share, each built on first use."""
 
-    def __init__(self, settings: MethodSettings, population: Sequence[LampExample] = ()):
+    def __init__(
+        self,
+        settings: MethodSettings,
+        population: Sequence[TaskExample] = (),
+        task: Task | None = None,
+    ):
         self.settings = settings
         self.population = list(population)
-        """Every user of the data set (not only the evaluated ones): donors for shuffling."""
+        """Every example of the data set (not only the evaluated ones): donors for shuffling."""
+        self.task: Task = task or Lamp7Task()
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
 
@@ -187,32 +193,42 @@ class Resources:
         return prompt
 
     @cached_property
-    def derangement(self) -> dict[str, LampExample]:
-        """user id -> another user whose history stands in for theirs (seeded, no fixed point)."""
-        users = self.population
+    def derangement(self) -> dict[str, TaskExample]:
+        """user id -> another user's example whose history stands in for theirs (seeded, no
+        fixed point)."""
+        first: dict[str, TaskExample] = {}
+        for example in self.population:
+            first.setdefault(example.user_id, example)
+        users = list(first.values())
         if len(users) < 2:
             raise CurpError("curp-shuffled needs at least two users in the data set")
         order = np.random.default_rng(self.settings.seed).permutation(len(users))
         # Each user in a random cycle takes the next one's history: no one keeps their own.
-        return {users[order[i]].id: users[order[(i + 1) % len(users)]] for i in range(len(users))}
+        return {
+            users[order[i]].user_id: users[order[(i + 1) % len(users)]] for i in range(len(users))
+        }
 
 
 # --- methods ---------------------------------------------------------------------------
 
 
-def request_turns(example: LampExample) -> list[ChatTurn]:
+def request_turns(example: TaskExample) -> list[ChatTurn]:
     """The request as the soft-prompt methods were trained with it."""
-    return paraphrase_turns(example.input)
+    return list(example.messages)
 
 
-def text_turns(example: LampExample, history: Sequence[str] = ()) -> list[ChatTurn]:
+def text_turns(
+    example: TaskExample, history: Sequence[str] = (), task: Task | None = None
+) -> list[ChatTurn]:
     """The request of the text-prompt methods: the shared request, with the history items
-    listed before the LaMP input when there are any."""
-    content = example.input
-    if history:
-        items = "\n".join("- " + " ".join(text.split()) for text in history)
-        content = f"{HISTORY_HEADER}\n{items}\n\n{HISTORY_FOOTER}\n{example.input}"
-    return paraphrase_turns(content)
+    listed before the user's turn when there are any (under the task's header and footer)."""
+    turns = request_turns(example)
+    if not history:
+        return turns
+    task = task or Lamp7Task()
+    items = "\n".join("- " + " ".join(text.split()) for text in history)
+    content = f"{task.history_header}\n{items}\n\n{task.history_footer}\n{example.input}"
+    return [*turns[:-1], ChatTurn("user", content)]
 
 
 class Method(ABC):
@@ -242,28 +258,39 @@ class Method(ABC):
         return build_soft_prompt(llm.chat_template, turns, soft, llm.special_tokens)
 
     @abstractmethod
-    def prompt(self, example: LampExample) -> SoftPrompt | None:
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
         """The prompt for ``example``; None when the method uses no model."""
 
-    def base_prompt(self, example: LampExample) -> SoftPrompt | None:
+    def base_prompt(self, example: TaskExample) -> SoftPrompt | None:
         """The same prompt without the user's information: the difference in tokens is what
         the method spends on the user."""
-        return self.soft_prompt(text_turns(example), None) if self.uses_llm else None
+        return self.soft_prompt(self.text_turns(example), None) if self.uses_llm else None
+
+    def text_turns(self, example: TaskExample, history: Sequence[str] = ()) -> list[ChatTurn]:
+        return text_turns(example, history, self.resources.task)
 
 
 class CopyMethod(Method):
     name = "copy"
     uses_llm = False
 
-    def prompt(self, example: LampExample) -> SoftPrompt | None:
+    def prepare(self) -> None:
+        task = self.resources.task
+        if not task.copy_applies:
+            raise CurpError(
+                f"copy does not apply to {task.name}: its request is not a rewrite of a text "
+                "the reply could copy; leave copy out of --methods"
+            )
+
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
         return None
 
 
 class NoneMethod(Method):
     name = "none"
 
-    def prompt(self, example: LampExample) -> SoftPrompt | None:
-        return self.soft_prompt(text_turns(example), None)
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
+        return self.soft_prompt(self.text_turns(example), None)
 
 
 class RagMethod(Method):
@@ -279,7 +306,7 @@ class RagMethod(Method):
     def fingerprint(self) -> dict[str, Any]:
         return {"method": self.name, "k": self.settings.rag_k, "retriever": self.settings.retriever}
 
-    def retrieve(self, example: LampExample) -> list[str]:
+    def retrieve(self, example: TaskExample) -> list[str]:
         texts = example.profile_texts
         if self.settings.retriever == "dense":
             ranking = dense_ranking(example.source, texts, self.resources.encoder)
@@ -287,8 +314,8 @@ class RagMethod(Method):
             ranking = bm25_ranking(example.source, texts)
         return [texts[i] for i in ranking[: self.settings.rag_k]]
 
-    def prompt(self, example: LampExample) -> SoftPrompt | None:
-        return self.soft_prompt(text_turns(example, self.retrieve(example)), None)
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
+        return self.soft_prompt(self.text_turns(example, self.retrieve(example)), None)
 
 
 class ProfileMethod(Method):
@@ -297,7 +324,7 @@ class ProfileMethod(Method):
     def fingerprint(self) -> dict[str, Any]:
         return {"method": self.name, "profile_tokens": self.settings.profile_tokens}
 
-    def select(self, example: LampExample) -> list[str]:
+    def select(self, example: TaskExample) -> list[str]:
         """Profile items in order, each kept if it still fits the budget (counted as the
         list lines they become)."""
         budget, chosen = self.settings.profile_tokens, []
@@ -308,8 +335,8 @@ class ProfileMethod(Method):
                 budget -= cost
         return chosen
 
-    def prompt(self, example: LampExample) -> SoftPrompt | None:
-        return self.soft_prompt(text_turns(example, self.select(example)), None)
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
+        return self.soft_prompt(self.text_turns(example, self.select(example)), None)
 
 
 class CurpMethod(Method):
@@ -330,31 +357,31 @@ class CurpMethod(Method):
         path = self.settings.checkpoint
         return {"method": self.name, "checkpoint": file_digest(path / "model.safetensors")}
 
-    def history(self, example: LampExample) -> list[str]:
+    def history(self, example: TaskExample) -> list[str]:
         """The items the soft tokens are made from: the first max_history_items."""
         limit = self.resources.user_model.config.max_history_items
         return example.profile_texts[:limit]
 
-    def codes(self, example: LampExample) -> np.ndarray:
-        if example.id not in self._codes:
-            self._codes[example.id] = self.resources.personalizer.encode_codes(
+    def codes(self, example: TaskExample) -> np.ndarray:
+        if example.fingerprint() not in self._codes:
+            self._codes[example.fingerprint()] = self.resources.personalizer.encode_codes(
                 self.history(example)
             )
-        return self._codes[example.id]
+        return self._codes[example.fingerprint()]
 
-    def soft(self, owner: LampExample, query: str) -> SoftVectors:
+    def soft(self, owner: TaskExample, query: str) -> SoftVectors:
         return self.resources.personalizer.soft_tokens_from_codes(
             self.codes(owner).tolist(), query, use_query_token=self.use_query_token
         )
 
-    def base_prompt(self, example: LampExample) -> SoftPrompt | None:
+    def base_prompt(self, example: TaskExample) -> SoftPrompt | None:
         return self.soft_prompt(request_turns(example), None)
 
-    def owner(self, example: LampExample) -> LampExample:
+    def owner(self, example: TaskExample) -> TaskExample:
         """Whose history personalizes ``example``."""
         return example
 
-    def prompt(self, example: LampExample) -> SoftPrompt | None:
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
         turns = request_turns(example)
         owner = self.owner(example)
         if not owner.profile:  # like serving: no history, no personalization
@@ -381,7 +408,7 @@ class CurpNoQuantMethod(CurpMethod):
     name = "curp-noquant"
 
     @torch.no_grad()
-    def soft(self, owner: LampExample, query: str) -> SoftVectors:
+    def soft(self, owner: TaskExample, query: str) -> SoftVectors:
         model = self.resources.user_model
         item_vectors = self.resources.personalizer.item_vectors  # encoder vector + style
         vectors = item_vectors(self.history(owner))[None]  # (1, N, D)
@@ -405,8 +432,8 @@ class CurpShuffledMethod(CurpMethod):
         super().prepare()
         _ = self.resources.derangement
 
-    def owner(self, example: LampExample) -> LampExample:
-        return self.resources.derangement.get(example.id, example)
+    def owner(self, example: TaskExample) -> TaskExample:
+        return self.resources.derangement.get(example.user_id, example)
 
 
 class TaskMethod(Method):
@@ -420,10 +447,10 @@ class TaskMethod(Method):
         path = self.settings.task_checkpoint
         return {"method": self.name, "checkpoint": file_digest(path / "model.safetensors")}
 
-    def base_prompt(self, example: LampExample) -> SoftPrompt | None:
+    def base_prompt(self, example: TaskExample) -> SoftPrompt | None:
         return self.soft_prompt(request_turns(example), None)
 
-    def prompt(self, example: LampExample) -> SoftPrompt | None:
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
         with torch.no_grad():
             soft = self.resources.task_prompt().detach().float().numpy()
         return self.soft_prompt(request_turns(example), soft)

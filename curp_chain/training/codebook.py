@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from curp_chain.codebook import ProductQuantizer, squared_distances
 from curp_chain.encoder import SentenceEncoder
+from curp_chain.errors import CurpError
 from curp_chain.training.data import text_key
+from curp_chain.training.options import CodebookOptions
 
 logger = logging.getLogger(__name__)
 
@@ -311,125 +313,186 @@ def history_texts(texts: Sequence[str], exclude: str | None, limit: int) -> list
     return [t for t in texts if t != exclude][:limit]
 
 
-def run_codebook_stage(options: dict[str, Any]) -> dict[str, Any]:
-    """Embed the users' items, initialise with balanced k-means, train, report, save.
+def generic_users(options: CodebookOptions) -> list[Any]:
+    """The users of ``--histories`` (a file or store URL) with at least two items; with
+    ``--examples``, only the users that have examples."""
+    from curp_chain.datasets import read_examples, read_histories
+    from curp_chain.training.data import UserTexts
 
-    ``options`` are the `curp train codebook` options. Writes a checkpoint folder whose
-    codebook is trained (aggregator and projector at their seeded initialisation), plus
-    ``codebook_report.json``; returns the report.
-    """
+    assert options.histories is not None
+    histories = read_histories(options.histories)
+    wanted = {e.user_id for e in read_examples(options.examples)} if options.examples else None
+    users = [
+        UserTexts(user, "generic", tuple(i.text for i in items))
+        for user, items in histories.items()
+        if len(items) >= 2 and (wanted is None or user in wanted)
+    ]
+    if not users:
+        raise CurpError(f"{options.histories}: no user with at least two history items")
+    return users
+
+
+def codebook_config(options: CodebookOptions) -> Any:
+    """The checkpoint config of the run: with style features, the encoder vector is cut
+    into parts as wide as the style vector, so that the style features are one subspace of
+    their own."""
+    from curp_chain.config import CurpConfig
+    from curp_chain.style import STYLE_DIM
+
+    style_dim = STYLE_DIM if options.style else 0
+    encoder_dim = CurpConfig.model_fields["encoder_dim"].default
+    num_subspaces = options.num_subspaces or (
+        (encoder_dim + style_dim) // style_dim if style_dim else 8
+    )
+    return CurpConfig(
+        style_dim=style_dim,
+        num_subspaces=num_subspaces,
+        codebook_size=options.codebook_size,
+        max_history_items=options.max_history,
+    )
+
+
+@dataclass
+class CodebookTexts:
+    """The texts stage 1 embeds: training users' items (personas applied), held-out users'
+    items for the report, and LaMP-7 profiles on the LaMP-7 adapter's data."""
+
+    train: list[str]
+    held: list[str]
+    lamp7: list[str]
+    train_users: int
+    held_users: int
+
+
+def codebook_texts(options: CodebookOptions) -> CodebookTexts:
+    from curp_chain.training.data import load_lamp7_profiles, load_pan, split_users, user_order
+    from curp_chain.training.personas import apply_persona, persona_of
+
+    seed = options.seed
+    generic = bool(options.histories)
+    users = (
+        generic_users(options)
+        if generic
+        else load_pan(options.data_dir, max_users=options.max_users)
+    )
+    train, held = split_users(users, options.held_out_fraction, seed)
+    train = user_order(train, seed)[: options.train_users]
+    per_user = options.max_history + 1  # covers the history of any target choice
+    # The codebook sees the training users as stage 2 does: with their style personas.
+    fraction = options.persona_fraction
+    personas = {u.user_id: persona_of(u.user_id, fraction, seed) if fraction else () for u in train}
+
+    # Generic histories are oldest first and stage 2 takes the newest items; PAN's first.
+    def window(texts: Sequence[str], n: int) -> Sequence[str]:
+        return texts[-n:] if generic else texts[:n]
+
+    train_texts = [
+        apply_persona(t, personas[u.user_id]) for u in train for t in window(u.texts, per_user)
+    ]
+    held_texts = [t for u in held for t in window(u.texts, options.held_out_items)]
+    if not held_texts:
+        raise CurpError(
+            f"no held-out user to report on among {len(users)} users: raise --held-out-fraction"
+        )
+    lamp_users = (
+        [] if generic else load_lamp7_profiles(options.data_dir)[: options.lamp7_report_users]
+    )
+    lamp_texts = [t for u in lamp_users for t in u.texts[: options.max_history]]
+    return CodebookTexts(train_texts, held_texts, lamp_texts, len(train), len(held))
+
+
+def save_codebook(
+    model: Any,
+    config: Any,
+    summary: dict[str, Any],
+    report: dict[str, Any],
+    out: Path,
+    command: str | None,
+) -> None:
+    """The checkpoint (codebook trained, the rest at its seeded start) and its report."""
     import json
 
     from curp_chain.checkpoint import save_checkpoint
-    from curp_chain.config import CurpConfig
-    from curp_chain.style import STYLE_DIM, with_style
-    from curp_chain.training.data import (
-        default_cache_dir,
-        load_lamp7_profiles,
-        load_pan,
-        split_users,
-        user_order,
-    )
-    from curp_chain.training.initialize import initial_model
-    from curp_chain.training.personas import apply_persona, persona_of
 
-    start = time.monotonic()
-    if options.get("threads"):
-        torch.set_num_threads(int(options["threads"]))
-    seed = int(options["seed"])
-    style_dim = STYLE_DIM if options.get("style", True) else 0
-    encoder_dim = CurpConfig.model_fields["encoder_dim"].default
-    # With style features, the encoder vector is cut into parts as wide as the style vector,
-    # so that the style features are one subspace of their own.
-    num_subspaces = options.get("num_subspaces") or (
-        (encoder_dim + style_dim) // style_dim if style_dim else 8
-    )
-    config = CurpConfig(
-        style_dim=style_dim,
-        num_subspaces=num_subspaces,
-        codebook_size=options["codebook_size"],
-        max_history_items=options["max_history"],
-    )
-    encoder = SentenceEncoder(
-        encoder_id=config.encoder_id, device="cuda" if torch.cuda.is_available() else "cpu"
-    )
-    cache_dir = Path(options["cache_dir"] or default_cache_dir())
-    cache = EmbeddingCache(embedding_cache_path(cache_dir, config.encoder_id), encoder)
-
-    users = load_pan(options["data_dir"], max_users=options["max_users"])
-    train, held = split_users(users, options["held_out_fraction"], seed)
-    train = user_order(train, seed)[: options["train_users"]]
-    per_user = options["max_history"] + 1  # covers the history of any target choice
-    # The codebook sees the training users as stage 2 does: with their style personas.
-    fraction = float(options.get("persona_fraction") or 0.0)
-    personas = {u.user_id: persona_of(u.user_id, fraction, seed) if fraction else () for u in train}
-    train_texts = [apply_persona(t, personas[u.user_id]) for u in train for t in u.texts[:per_user]]
-    held_texts = [t for u in held for t in u.texts[: options["held_out_items"]]]
-    lamp_users = load_lamp7_profiles(options["data_dir"])[: options.get("lamp7_report_users")]
-    lamp_texts = [t for u in lamp_users for t in u.texts[: options["max_history"]]]
-    logger.info(
-        "embedding %d train, %d held-out and %d LaMP-7 profile items",
-        len(train_texts),
-        len(held_texts),
-        len(lamp_texts),
-    )
-    train_vectors = with_style(cache.get(train_texts, progress=True), train_texts, style_dim)
-    held_vectors = with_style(cache.get(held_texts, progress=True), held_texts, style_dim)
-    lamp_vectors = with_style(cache.get(lamp_texts, progress=True), lamp_texts, style_dim)
-
-    model = initial_model(config, seed)
-    quantizer = model.quantizer
-    largest = kmeans_init(
-        quantizer, train_vectors, iterations=options["kmeans_iterations"], seed=seed
-    )
-    initial_report = codebook_report(quantizer, held_vectors)
-    result = train_codebook(
-        quantizer,
-        train_vectors,
-        steps=options["steps"],
-        batch_size=options["batch_size"],
-        lr=options["lr"],
-        usage_weight=options["usage_weight"],
-        temperature=options["usage_temperature"],
-        reseed_every=options["reseed_every"],
-        seed=seed,
-    )
-    report = {
-        "held_out_pan19": codebook_report(quantizer, held_vectors),
-        "lamp7_profiles": codebook_report(quantizer, lamp_vectors),
-    }
-    summary = {
-        "held_out_pan19": summarize_report(report["held_out_pan19"]),
-        "lamp7_profiles": summarize_report(report["lamp7_profiles"]),
-        "after_kmeans_held_out_pan19": summarize_report(initial_report),
-        "kmeans_largest_cluster": largest,
-        "kmeans_capacity": math.ceil(min(len(train_vectors), 20000) / config.codebook_size),
-        "train_items": len(train_vectors),
-        "train_users": len(train),
-        "held_out_items": len(held_vectors),
-        "held_out_users": len(held),
-        "lamp7_profile_items": len(lamp_vectors),
-        "steps": result.steps,
-        "reseeded": result.reseeded,
-        "final_loss": result.final_loss,
-        "wall_s": round(time.monotonic() - start, 1),
-    }
-    out = Path(options["out"])
-    final_config = config.model_copy(
+    model.config = config.model_copy(
         update={
             "trained": False,
             "provenance": {
                 "stage": "codebook",
-                "command": options.get("command"),
+                "command": command,
                 "note": "codebook trained; aggregator and projector untrained (run `curp train "
                 "projector` next)",
                 "codebook": summary,
             },
         }
     )
-    model.config = final_config
     save_checkpoint(model, out)
     (out / "codebook_report.json").write_text(
         json.dumps({"summary": summary, **report}, indent=2) + "\n"
     )
+
+
+def run_codebook_stage(options: CodebookOptions, command: str | None = None) -> dict[str, Any]:
+    """Embed the users' items, initialise with balanced k-means, train, report, save.
+
+    ``options`` are the `curp train codebook` options. Writes a checkpoint folder whose
+    codebook is trained (aggregator and projector at their seeded initialisation), plus
+    ``codebook_report.json``; returns the report.
+    """
+    from curp_chain.style import with_style
+    from curp_chain.training.data import default_cache_dir
+    from curp_chain.training.initialize import initial_model
+
+    start = time.monotonic()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    seed = options.seed
+    config = codebook_config(options)
+    encoder = SentenceEncoder(
+        encoder_id=config.encoder_id, device="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    cache_dir = Path(options.cache_dir or default_cache_dir())
+    cache = EmbeddingCache(embedding_cache_path(cache_dir, config.encoder_id), encoder)
+    texts = codebook_texts(options)
+    logger.info(
+        "embedding %d train, %d held-out and %d LaMP-7 profile items",
+        len(texts.train),
+        len(texts.held),
+        len(texts.lamp7),
+    )
+
+    def vectors(items: list[str]) -> torch.Tensor:
+        return with_style(cache.get(items, progress=True), items, config.style_dim)
+
+    train_vectors, held_vectors = vectors(texts.train), vectors(texts.held)
+    lamp_vectors = vectors(texts.lamp7)
+    model = initial_model(config, seed)
+    quantizer = model.quantizer
+    largest = kmeans_init(quantizer, train_vectors, iterations=options.kmeans_iterations, seed=seed)
+    initial_report = codebook_report(quantizer, held_vectors)
+    result = train_codebook(
+        quantizer, train_vectors, steps=options.steps, batch_size=options.batch_size,
+        lr=options.lr, usage_weight=options.usage_weight, temperature=options.usage_temperature,
+        reseed_every=options.reseed_every, seed=seed,
+    )  # fmt: skip
+    held_name = "held_out" if options.histories else "held_out_pan19"
+    report = {held_name: codebook_report(quantizer, held_vectors)}
+    if len(lamp_vectors):
+        report["lamp7_profiles"] = codebook_report(quantizer, lamp_vectors)
+    summary = {
+        **{name: summarize_report(rows) for name, rows in report.items()},
+        f"after_kmeans_{held_name}": summarize_report(initial_report),
+        "kmeans_largest_cluster": largest,
+        "kmeans_capacity": math.ceil(min(len(train_vectors), 20000) / config.codebook_size),
+        "train_items": len(train_vectors),
+        "train_users": texts.train_users,
+        "held_out_items": len(held_vectors),
+        "held_out_users": texts.held_users,
+        "lamp7_profile_items": len(lamp_vectors),
+        "steps": result.steps,
+        "reseeded": result.reseeded,
+        "final_loss": result.final_loss,
+        "wall_s": round(time.monotonic() - start, 1),
+    }
+    save_codebook(model, config, summary, report, Path(str(options.out)), command)
     return {"summary": summary, **report}

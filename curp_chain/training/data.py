@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curp_chain.errors import CurpError
-from curp_chain.eval.lamp import LampExample, load_lamp
+from curp_chain.tasks.lamp7 import LampExample, load_lamp
 
 DATA_DIR_ENV = "CURP_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]

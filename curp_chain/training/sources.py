@@ -25,9 +25,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from curp_chain.eval.lamp import LAMP7_INSTRUCTION
 from curp_chain.prompt import ChatTurn, build_soft_prompt
 from curp_chain.protocols import GenerationParams, SoftPrompt, SoftPromptBackend
+from curp_chain.tasks.lamp7 import LAMP7_INSTRUCTION
 from curp_chain.training.data import text_key
 
 logger = logging.getLogger(__name__)
