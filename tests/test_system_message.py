@@ -1,0 +1,36 @@
+"""The default system message: sent when the request has none, never over the caller's own."""
+
+from __future__ import annotations
+
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from curp_chain import CurpChatModel
+from curp_chain.prompt import ChatTurn
+from curp_chain.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
+
+
+def test_the_default_leads_only_requests_without_a_system_message() -> None:
+    turns = [ChatTurn("user", "Plans for the weekend?")]
+    assert with_default_system(turns, "Be brief.") == [ChatTurn("system", "Be brief."), *turns]
+    own = [ChatTurn("system", "Answer in French."), *turns]
+    assert with_default_system(own, "Be brief.") == own
+    assert with_default_system(turns, None) == turns
+
+
+def test_curp_chat_model_sends_its_default_unless_told_otherwise(
+    llama_backend, memory_store
+) -> None:  # type: ignore[no-untyped-def]
+    model = CurpChatModel(backend=llama_backend, history_store=memory_store)
+    request = [HumanMessage("Plans for the weekend?")]
+    prompt = model._prepare(request, None, {}).prompt
+    assert f"<|im_start|>system\n{DEFAULT_SYSTEM_MESSAGE}<|im_end|>" in prompt.before
+    assert "named SmolLM" not in prompt.before
+
+    own = model._prepare([SystemMessage("Answer in French."), *request], None, {}).prompt
+    assert "Answer in French." in own.before and DEFAULT_SYSTEM_MESSAGE not in own.before
+
+    # None sends no system message: SmolLM2's chat template then adds its own.
+    plain = CurpChatModel(
+        backend=llama_backend, history_store=memory_store, default_system_message=None
+    )
+    assert "named SmolLM" in plain._prepare(request, None, {}).prompt.before
