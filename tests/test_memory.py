@@ -57,3 +57,24 @@ def test_replies_are_stored_only_when_asked_and_tool_rounds_once(  # type: ignor
     ]
     model.invoke(after_tool, user_id="lee")
     assert len(memory_store.get_items("lee")) == 2
+
+
+def test_the_message_history_shim_reads_and_writes_the_store(memory_store) -> None:  # type: ignore[no-untyped-def]
+    from langchain_core.messages import SystemMessage
+
+    from curp_chain_integrations.message_history import CurpChatMessageHistory
+
+    model = CurpChatModel(history_store=memory_store)
+    model.add_history("ana", ["Sunrise trail run: 18 km."])
+    history = CurpChatMessageHistory(model, "ana")
+    history.add_messages([SystemMessage("be brief"), HumanMessage(TURN), AIMessage("noted!")])
+    assert [(type(m).__name__, m.content) for m in history.messages] == [
+        ("HumanMessage", "Sunrise trail run: 18 km."),
+        ("HumanMessage", TURN),
+        ("AIMessage", "noted!"),
+    ]
+    personalizer = model.get_personalizer()
+    cached = memory_store.get_codes("ana", personalizer.codebook_version)
+    assert len(cached.encoded) == 3 and not cached.stale
+    history.clear()
+    assert history.messages == [] and memory_store.get_items("ana") == []
