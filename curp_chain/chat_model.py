@@ -43,7 +43,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from curp_chain.checkpoint import DEFAULT_CHECKPOINT, check_compatible, load_checkpoint
 from curp_chain.defaults import open_backend, open_store, shared
 from curp_chain.encoder import SentenceEncoder
-from curp_chain.errors import CurpError
+from curp_chain.errors import BackendError, CurpError
 from curp_chain.history import HistoryItem, NewHistoryItem
 from curp_chain.memory import TurnRecorder
 from curp_chain.personalizer import Personalization, Personalizer
@@ -602,6 +602,13 @@ class CurpChatModel(BaseChatModel):
             if memory:
                 memory.add(text)
         else:
+            if piece.usage.get("output_tokens", 0) == 0 and piece.finish_reason == "stop":
+                # An instant end of turn comes from damaged weights or a broken template,
+                # never from a healthy model: "" must not pass for a personalized reply.
+                raise BackendError(
+                    f"the model ({request.backend.model_id}) ended its reply before writing "
+                    "anything; its weights or chat template are likely damaged"
+                )
             calls = assembler.finish(piece.text, piece.finish_reason) if assembler else None
             chunk = self._final_chunk(piece, request, calls)
             if memory:

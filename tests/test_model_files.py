@@ -146,3 +146,37 @@ def test_scrambled_gguf_weights_give_a_backend_error_through_transformers(tmp_pa
     prompt = SoftPrompt("<|im_start|>user\nHi<|im_end|>\n", None, "<|im_start|>assistant\n")
     with pytest.raises(BackendError, match="NaN"):
         list(backend.stream(prompt, GenerationParams(max_tokens=4)))
+
+
+class _SilentModel:
+    """The real SmolLM2 backend, except that its model ends every reply at once, as a
+    model with damaged weights can: what CurpChatModel does with that is under test."""
+
+    def __init__(self, backend):  # type: ignore[no-untyped-def]
+        self._backend = backend
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        if name == "submit":  # generation goes through stream() below
+            raise AttributeError(name)
+        return getattr(self._backend, name)
+
+    def stream(self, prompt, params):  # type: ignore[no-untyped-def]
+        from curp_chain.protocols import GenerationChunk
+
+        n_input = self._backend.count_tokens(prompt.before + prompt.after)
+        usage = {"input_tokens": n_input, "output_tokens": 0, "soft_tokens": 0}
+        yield GenerationChunk("", finish_reason="stop", usage=usage)
+
+
+def test_an_empty_generation_is_an_error_not_a_personalized_empty_reply(
+    llama_backend,  # type: ignore[no-untyped-def]
+    memory_store,
+) -> None:
+    from curp_chain.chat_model import CurpChatModel
+
+    model = CurpChatModel(backend=_SilentModel(llama_backend), history_store=memory_store)
+    model.add_history("ana", ["Morning swim, 2 km in the lake."])
+    with pytest.raises(BackendError, match="ended its reply before writing anything"):
+        model.invoke("Plans for today?", user_id="ana")
+    with pytest.raises(BackendError, match="ended its reply"):
+        list(model.stream("Plans for today?", user_id="ana"))

@@ -174,8 +174,10 @@ async def test_async_readers_wait_without_threads_and_cancel_stops_generation() 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.wait_for(_until(lambda: scheduler.active == 0), 10)
-    assert endless.done
+    # On a busy machine the worker may not have started the request yet: then it drops it
+    # when it comes to admit it. Either way the request ends without being read.
+    await asyncio.wait_for(_until(lambda: endless.done), 10)
+    assert scheduler.active == 0
     scheduler.close()
 
 
