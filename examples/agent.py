@@ -71,7 +71,7 @@ class FollowPlan(AgentMiddleware[Any, Any]):
 
 
 def run(store_url: str) -> dict[str, list[str]]:
-    model = CurpChatModel(store_url=store_url, max_tokens=64)
+    model = CurpChatModel(store_url=store_url, max_tokens=128)
     for user_id, items in USERS.items():
         model.add_history(user_id, items)
     agent = create_agent(
