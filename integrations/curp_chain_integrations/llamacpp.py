@@ -164,6 +164,23 @@ class JsonOrText:
         self._grammar.close()
 
 
+class NoJsonStart:
+    """Masks every token starting with ``{`` at the first position only."""
+
+    def __init__(self, brace_tokens: np.ndarray):
+        self._brace = brace_tokens
+        self._first = True
+
+    def allowed(self, logits: Logits) -> Logits:
+        return np.where(self._brace, -np.inf, logits) if self._first else logits
+
+    def accept(self, token: int) -> None:
+        self._first = False
+
+    def close(self) -> None:
+        pass
+
+
 class LlamaCppBackend:
     """A GGUF model served by llama.cpp, accepting soft prompts. Thread-safe (one request at
     a time per instance; requests queue on a lock).
@@ -328,10 +345,12 @@ class LlamaCppBackend:
                 if grammar is not None:
                     grammar.close()
 
-    def constraint(self, params: GenerationParams) -> JsonSchemaGrammar | JsonOrText | None:
+    def constraint(
+        self, params: GenerationParams
+    ) -> JsonSchemaGrammar | JsonOrText | NoJsonStart | None:
         """The decoding constraint ``params`` ask for (close it after use), or None."""
         if params.json_schema is None:
-            return None
+            return NoJsonStart(self._brace_tokens) if params.no_json_start else None
         grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
         if not params.json_or_text:
             return grammar
@@ -346,7 +365,7 @@ class LlamaCppBackend:
     def _generate(
         self,
         segments: list[tuple[str, Any]],
-        grammar: JsonSchemaGrammar | JsonOrText | None,
+        grammar: JsonSchemaGrammar | JsonOrText | NoJsonStart | None,
         params: GenerationParams,
         n_input: int,
         n_soft: int,
