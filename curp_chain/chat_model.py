@@ -471,6 +471,7 @@ class CurpChatModel(BaseChatModel):
             top_logprobs=int(kwargs.get("top_logprobs", self.top_logprobs)),
             json_schema=decoding.json_schema,
             json_or_text=decoding.json_or_text,
+            no_json_start=decoding.no_json_start,
         )
 
     def bind_tools(

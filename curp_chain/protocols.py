@@ -99,6 +99,9 @@ class GenerationParams:
     json_schema: Mapping[str, Any] | None = None
     """Constrain the reply to JSON that this JSON Schema accepts (a grammar masks every token
     that would break it)."""
+    no_json_start: bool = False
+    """Forbid a first token starting with ``{``: a text reply, even when earlier turns show
+    JSON tool calls the model could copy (tool calling with ``tool_choice="none"``)."""
     json_or_text: bool = False
     """With ``json_schema``: the reply may instead be plain text that does not start with
     ``{``; the model chooses with its first token (tool calling with ``tool_choice="auto"``)."""

@@ -22,6 +22,8 @@ class ToolDecoding:
     json_schema: Mapping[str, Any] | None
     """What decoding is constrained to: calls, the response schema, or both."""
     json_or_text: bool
+    no_json_start: bool = False
+    """tool_choice "none" with tools bound: a text reply, not a copy of an earlier call."""
 
     @property
     def calls_allowed(self) -> bool:
@@ -68,7 +70,7 @@ def tool_decoding(kwargs: Mapping[str, Any]) -> ToolDecoding:
         return ToolDecoding((), None, response, response, False)
     choice = resolve_tool_choice(kwargs.get("tool_choice"), specs)
     if choice.mode == "none":
-        return ToolDecoding(specs, choice, response, response, False)
+        return ToolDecoding(specs, choice, response, response, False, response is None)
     calls = call_schema(specs, choice.names)
     if choice.mode == "required":
         return ToolDecoding(specs, choice, None, calls, False)

@@ -66,8 +66,12 @@ def inline_tools(
             out.append(ChatTurn("tool", _tool_text(turn)))
         else:
             out.append(ChatTurn(turn.role, turn.content))
-    if specs and choice is not None and choice.mode != "none":
-        text = tools_system_text(specs, choice)
+    if specs and choice is not None:
+        text = (
+            tools_system_text(specs, choice)
+            if choice.mode != "none"
+            else "Reply in plain text, without calling a tool."
+        )
         if out and out[0].role == "system":
             out[0] = ChatTurn("system", f"{out[0].content}\n\n{text}")
         else:

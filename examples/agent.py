@@ -22,6 +22,7 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
+from pydantic import BaseModel, Field
 
 from curp_chain import CurpChatModel
 from curp_chain_integrations.langchain_agents import CurpUserMiddleware
@@ -42,13 +43,24 @@ REQUEST = "What is the weather in Lyon on Saturday? Then add a reminder for my S
 PLAN = ("get_weather", "add_reminder")
 
 
-@tool
+class WeatherArgs(BaseModel):
+    city: str = Field(max_length=40)
+    day: str = Field(max_length=12)
+
+
+class ReminderArgs(BaseModel):
+    day: str = Field(max_length=12)
+    text: str = Field(max_length=80, description="a short reminder")
+
+
+# max_length reaches the grammar: a small model that rambles cannot overrun max_tokens.
+@tool(args_schema=WeatherArgs)
 def get_weather(city: str, day: str) -> str:
     """The weather forecast for a city on a day of the week."""
     return f"{day} in {city}: sunny, 21 C, light wind."
 
 
-@tool
+@tool(args_schema=ReminderArgs)
 def add_reminder(day: str, text: str) -> str:
     """Add a reminder to the user's calendar for a day of the week."""
     return f"Reminder saved for {day}: {text}"
@@ -71,7 +83,7 @@ class FollowPlan(AgentMiddleware[Any, Any]):
 
 
 def run(store_url: str) -> dict[str, list[str]]:
-    model = CurpChatModel(store_url=store_url, max_tokens=64)
+    model = CurpChatModel(store_url=store_url, max_tokens=128)
     for user_id, items in USERS.items():
         model.add_history(user_id, items)
     agent = create_agent(

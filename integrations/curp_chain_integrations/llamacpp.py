@@ -231,6 +231,23 @@ class JsonOrText:
         self._grammar.close()
 
 
+class NoJsonStart:
+    """Masks every token starting with ``{`` at the first position only."""
+
+    def __init__(self, brace_tokens: np.ndarray):
+        self._brace = brace_tokens
+        self._first = True
+
+    def allowed(self, logits: Logits) -> Logits:
+        return np.where(self._brace, -np.inf, logits) if self._first else logits
+
+    def accept(self, token: int) -> None:
+        self._first = False
+
+    def close(self) -> None:
+        pass
+
+
 class LlamaCppBackend:
     """A GGUF model served by llama.cpp, accepting soft prompts. Thread-safe: requests from
     any thread or event loop queue on the backend's scheduler, whose worker thread decodes
@@ -460,10 +477,12 @@ class LlamaCppBackend:
         """The request's chunks; closing the iterator stops its generation."""
         return self.submit(prompt, params)
 
-    def constraint(self, params: GenerationParams) -> JsonSchemaGrammar | JsonOrText | None:
+    def constraint(
+        self, params: GenerationParams
+    ) -> JsonSchemaGrammar | JsonOrText | NoJsonStart | None:
         """The decoding constraint ``params`` ask for (close it after use), or None."""
         if params.json_schema is None:
-            return None
+            return NoJsonStart(self._brace_tokens) if params.no_json_start else None
         grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
         if not params.json_or_text:
             return grammar
