@@ -198,8 +198,8 @@ class CurpChatModel(BaseChatModel):
     """Accepted for LangChain compatibility; local generation is not retried."""
     streaming: bool = False
     default_system_message: str | None = DEFAULT_SYSTEM_MESSAGE
-    """Sent first when a request has no system message of its own; None sends none (the
-    model's chat template may then add its own default). See curp_chain.system_message."""
+    """Sent first when a request has no system message of its own and no soft tokens; None
+    sends none (the chat template may then add its own default). See curp_chain.system_message."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _personalizer: Personalizer | None = PrivateAttr(default=None)
@@ -350,7 +350,7 @@ class CurpChatModel(BaseChatModel):
     ) -> PreparedRequest:
         """Everything a request needs before the first token: the personalized prompt, the
         generation settings and the backend. Shared by the sync and async paths."""
-        turns = with_default_system(to_chat_turns(messages), self.default_system_message)
+        turns = to_chat_turns(messages)
         params = self._params(stop, kwargs)
         if params.json_schema is not None:
             turns = with_format_instruction(turns, params.json_schema)
@@ -359,6 +359,7 @@ class CurpChatModel(BaseChatModel):
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         personalization = personalizer.personalize(kwargs.get("user_id", self.user_id), query)
+        turns = with_default_system(turns, self.default_system_message, personalization.soft)
         prompt = build_soft_prompt(
             backend.chat_template, turns, personalization.soft, backend.special_tokens
         )
