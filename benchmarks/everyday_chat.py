@@ -36,7 +36,6 @@ from curp_chain import CurpChatModel
 from curp_chain.defaults import open_llamacpp_backend, open_store
 from curp_chain.prompt import build_soft_prompt
 from curp_chain.refusal import is_degenerate, refusal_reason
-from curp_chain.system_message import with_default_system
 
 HERE = Path(__file__).parent
 
@@ -78,7 +77,7 @@ def reply_with_soft(
     from curp_chain.protocols import GenerationParams
 
     personalizer = model.get_personalizer()
-    turns = with_default_system(to_chat_turns(messages), model.default_system_message)
+    turns = to_chat_turns(messages)  # personalized: no default system message
     soft = personalizer.personalize(user_id, turns[-1].content).soft
     assert soft is not None
     base = personalizer.user_model.projector.base[: len(soft)].detach().numpy()

@@ -266,8 +266,8 @@ class CurpChatModel(BaseChatModel):
     remember_replies: bool = False
     """With ``remember_turns``: store the model's text replies too (kind "chat_reply")."""
     default_system_message: str | None = DEFAULT_SYSTEM_MESSAGE
-    """Sent first when a request has no system message of its own; None sends none (the
-    model's chat template may then add its own default). See curp_chain.system_message."""
+    """Sent first when a request has no system message of its own and no soft tokens; None
+    sends none (the chat template may then add its own default). See curp_chain.system_message."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _personalizer: Personalizer | None = PrivateAttr(default=None)
@@ -554,7 +554,7 @@ class CurpChatModel(BaseChatModel):
     ) -> PreparedRequest:
         """Everything a request needs before the first token: the personalized prompt, the
         generation settings and the backend. Shared by the sync and async paths."""
-        turns = with_default_system(to_chat_turns(messages), self.default_system_message)
+        turns = to_chat_turns(messages)
         decoding = tool_decoding(kwargs)
         params = self._params(stop, kwargs, decoding)
         if decoding.response_schema is not None:
@@ -564,6 +564,7 @@ class CurpChatModel(BaseChatModel):
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         personalization = personalizer.personalize(kwargs.get("user_id", self.user_id), query)
+        turns = with_default_system(turns, self.default_system_message, personalization.soft)
         template_tools = None
         if template_supports_tools(backend.chat_template):
             template_tools = decoding.template_tools()

@@ -97,11 +97,10 @@ def _score_reply(inspection: Inspection, personalizer: Any, model: Any, args: An
 
     from curp_chain.chat_model import to_chat_turns
     from curp_chain.defaults import open_hf_backend
-    from curp_chain.system_message import with_default_system
 
-    turns = with_default_system(
-        to_chat_turns([HumanMessage(args.request)]), model.default_system_message
-    )
+    # As CurpChatModel builds a personalized request (no default system message with soft
+    # tokens), so that the scores are those of the reply it serves.
+    turns = to_chat_turns([HumanMessage(args.request)])
     reply = args.reply
     if reply is None:
         generated = model.invoke(args.request, user_id=args.user, max_tokens=args.max_tokens)

@@ -1,4 +1,5 @@
-"""The default system message: sent when the request has none, never over the caller's own."""
+"""The default system message: sent when the request has none and no soft tokens, never over
+the caller's own."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def test_the_default_leads_only_requests_without_a_system_message() -> None:
     own = [ChatTurn("system", "Answer in French."), *turns]
     assert with_default_system(own, "Be brief.") == own
     assert with_default_system(turns, None) == turns
+    # Not with soft tokens: the bundled ones were trained under their task's system message.
+    assert with_default_system(turns, "Be brief.", [[0.1, 0.2]]) == turns
+    assert with_default_system(turns, "Be brief.", []) == [ChatTurn("system", "Be brief."), *turns]
 
 
 def test_curp_chat_model_sends_its_default_unless_told_otherwise(
@@ -34,3 +38,9 @@ def test_curp_chat_model_sends_its_default_unless_told_otherwise(
         backend=llama_backend, history_store=memory_store, default_system_message=None
     )
     assert "named SmolLM" in plain._prepare(request, None, {}).prompt.before
+
+    # A personalized request keeps the prompt its soft tokens were trained with.
+    model.add_history("maya", ["omg just ran 18k lol", "rest day = pizza lol"])
+    personal = model._prepare(request, None, {"user_id": "maya"}).prompt
+    assert personal.soft is not None
+    assert DEFAULT_SYSTEM_MESSAGE not in personal.before
