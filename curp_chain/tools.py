@@ -69,12 +69,27 @@ def to_tool_spec(tool: Any, *, strict: bool | None = None) -> ToolSpec:
 
 
 def tool_specs(tools: Sequence[Any], *, strict: bool | None = None) -> tuple[ToolSpec, ...]:
-    specs = tuple(to_tool_spec(tool, strict=strict) for tool in tools)
-    names = [spec.name for spec in specs]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise CurpError(f"two tools share the name {duplicates[0]!r}; tool names must differ")
-    return specs
+    """The tools as specs; the same tool given twice (a Pydantic class and its JSON Schema)
+    counts once, two different tools of one name are refused."""
+    specs: dict[str, ToolSpec] = {}
+    for tool in tools:
+        spec = to_tool_spec(tool, strict=strict)
+        known = specs.setdefault(spec.name, spec)
+        if _without_titles(known.parameters) != _without_titles(spec.parameters):
+            raise CurpError(
+                f"two different tools share the name {spec.name!r}; tool names must differ"
+            )
+    return tuple(specs.values())
+
+
+def _without_titles(schema: Any) -> Any:
+    """A JSON Schema without its "title" keys, which only name things (a Pydantic class's
+    schema has them, the same tool written as a dict may not)."""
+    if isinstance(schema, Mapping):
+        return {k: _without_titles(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_without_titles(v) for v in schema]
+    return schema
 
 
 def resolve_tool_choice(choice: Any, specs: Sequence[ToolSpec]) -> ToolChoice:

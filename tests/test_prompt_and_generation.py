@@ -108,13 +108,14 @@ def test_when_a_grammar_allows_only_a_repeat_the_repeat_is_taken() -> None:
 
 
 def test_the_format_instruction_joins_the_system_message() -> None:
-    schema = {"type": "object"}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     joined = with_format_instruction(
         [ChatTurn("system", "Be brief."), ChatTurn("user", "q")], schema
     )
     assert [t.role for t in joined] == ["system", "user"]
     assert (
-        joined[0].content.startswith("Be brief.\n\n") and '{"type":"object"}' in joined[0].content
+        joined[0].content.startswith("Be brief.\n\n")
+        and '{"type":"object","properties":{"a":{"type":"integer"}}}' in joined[0].content
     )
     added = with_format_instruction([ChatTurn("user", "q")], schema)
     assert [t.role for t in added] == ["system", "user"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+from langchain_core.language_models import BaseChatModel
 from langchain_tests.unit_tests import ChatModelUnitTests
+from syrupy.assertion import SnapshotAssertion
 
 from curp_chain import CurpChatModel
 
@@ -15,3 +18,14 @@ class TestCurpChatModelStandard(ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+    @pytest.mark.xfail(
+        reason="langchain-core's load(allowed_objects='all') admits only the classes in its own "
+        "mapping, which lists no third-party package; the dumpd/loads round trip is tested in "
+        "test_serialization.py with allowed_objects=[CurpChatModel]",
+        strict=True,
+    )
+    def test_serdes(self, model: BaseChatModel, snapshot: SnapshotAssertion) -> None:
+        with pytest.raises(ValueError, match="is not allowed"):
+            super().test_serdes(model, snapshot)
+        raise AssertionError("load() refuses the class, as langchain-core's allowlist says")

@@ -111,8 +111,16 @@ def test_bind_tools_refuses_bad_input_clearly(model: CurpChatModel) -> None:
         model.bind_tools(TOOLS, tool_choice="send_email")
     with pytest.raises(CurpError, match="cannot use 42 as a tool"):
         model.bind_tools([42])
+    other_get_weather = {
+        "type": "function",
+        "function": {
+            "name": "GetWeather",
+            "parameters": {"type": "object", "properties": {"zip": {"type": "integer"}}},
+        },
+    }
     with pytest.raises(CurpError, match="share the name"):
-        model.bind_tools([GetWeather, GetWeather])
+        model.bind_tools([GetWeather, other_get_weather])
+    assert model.bind_tools([GetWeather, GetWeather.model_json_schema()])  # one tool, twice
     with pytest.raises(CurpError, match="needs tools"):
         model.invoke("hi", tool_choice="any")
 
