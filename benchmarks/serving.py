@@ -9,7 +9,8 @@ tokens/s of
   - CurpChatModel for a user with history (soft tokens: personalization included),
   - CurpChatModel with the user's newest 4 history items written into the prompt (rag).
 Part 2, ``--requests`` personalized requests from 1, 4 or 16 concurrent users (threads)
-against the same requests served one at a time: requests/s and latency p50/p99.
+against the same requests served one at a time: requests/s and latency p50/p99, every
+reply checked against its reply served alone; ``--plot`` draws them.
 
     python benchmarks/serving.py --data ../shared/data/lamp7 --runs 5 --max-tokens 32
 """
@@ -108,28 +109,72 @@ def single_requests(model: CurpChatModel, histories: dict[str, list[str]], args:
     plain.close()
 
 
-def concurrency(model: CurpChatModel, users: list[str], args: Any) -> None:
-    def request(i: int) -> float:
+def concurrency(model: CurpChatModel, users: list[str], args: Any) -> list[dict[str, float]]:
+    """Requests/s and latency for 1 and ``args.users`` concurrent users; every reply must
+    equal the same request's reply served one at a time (isolation)."""
+
+    def request(i: int) -> tuple[float, str]:
         start = time.perf_counter()
-        model.invoke(QUESTION, user_id=users[i % len(users)], max_tokens=args.max_tokens)
-        return time.perf_counter() - start
+        reply = model.invoke(QUESTION, user_id=users[i % len(users)], max_tokens=args.max_tokens)
+        return time.perf_counter() - start, str(reply.content)
 
     print(f"\n{args.requests} requests of {args.max_tokens} tokens, personalized")
     print("| users at once | requests/s | vs one at a time | latency p50 s | latency p99 s |")
     print("|---|---|---|---|---|")
-    baseline = None
+    rows: list[dict[str, float]] = []
+    alone: list[str] = []
     for workers in [1, *args.users]:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            latencies = list(pool.map(request, range(args.requests)))
+            results = list(pool.map(request, range(args.requests)))
         rate = args.requests / (time.perf_counter() - start)
-        baseline = baseline or rate
-        p99 = statistics.quantiles(latencies, n=100)[98]
+        latencies = [seconds for seconds, _ in results]
+        replies = [reply for _, reply in results]
+        alone = alone or replies
+        if replies != alone:
+            changed = sum(a != b for a, b in zip(alone, replies, strict=True))
+            raise SystemExit(f"isolation broken: {changed} replies differ at {workers} users")
+        row = {
+            "users": workers,
+            "rate": rate,
+            "p50": statistics.median(latencies),
+            "p99": statistics.quantiles(latencies, n=100)[98],
+        }
+        rows.append(row)
         label = "1 (one at a time)" if workers == 1 else str(workers)
         print(
-            f"| {label} | {rate:.2f} | {rate / baseline:.2f}x "
-            f"| {statistics.median(latencies):.2f} | {p99:.2f} |"
+            f"| {label} | {rate:.2f} | {rate / rows[0]['rate']:.2f}x "
+            f"| {row['p50']:.2f} | {row['p99']:.2f} |"
         )
+    print(f"every reply identical to the same request served one at a time ({len(alone)})")
+    return rows
+
+
+def plot_concurrency(rows: list[dict[str, float]], path: Path) -> None:
+    """Requests/s and latency against concurrent users, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    users = [int(r["users"]) for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(users, [r["rate"] for r in rows], "o-")
+    left.set(xlabel="concurrent users", ylabel="requests / s", xscale="log", xticks=users)
+    left.set_xticklabels([str(u) for u in users])
+    left.set_ylim(bottom=0)
+    left.set_title("throughput")
+    right.plot(users, [r["p50"] for r in rows], "o-", label="p50")
+    right.plot(users, [r["p99"] for r in rows], "s--", label="p99")
+    right.set(xlabel="concurrent users", ylabel="latency s", xscale="log", xticks=users)
+    right.set_xticklabels([str(u) for u in users])
+    right.set_ylim(bottom=0)
+    right.set_title("latency per request")
+    right.legend()
+    fig.suptitle("CurpChatModel on llama.cpp, SmolLM2-135M, 1 thread, batched decoding")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
 
 
 def main() -> None:
@@ -139,10 +184,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--users", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--slots", type=int, help="requests decoded at once; default max(--users)")
     parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
     parser.add_argument("--skip-concurrency", action="store_true")
+    parser.add_argument("--plot", type=Path, help="write the concurrency plot (PNG) here")
     args = parser.parse_args()
+    args.slots = args.slots or max(args.users)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)  # the encoder and the CURP user model
     people = json.loads((args.data / "questions.json").read_text())[:16]
@@ -158,7 +205,9 @@ def main() -> None:
         )
         single_requests(model, histories, args)
         if not args.skip_concurrency:
-            concurrency(model, list(histories), args)
+            rows = concurrency(model, list(histories), args)
+            if args.plot:
+                plot_concurrency(rows, args.plot)
     backend.close()
 
 

@@ -7,7 +7,7 @@ sample and block repeats identically.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -114,6 +114,18 @@ def find_stop(text: str, stops: Sequence[str]) -> tuple[int, int]:
     return first, hold
 
 
+class Feed:
+    """A sampled token that must be decoded before the loop can go on: whoever drives
+    ``decode_steps`` decodes ``token`` (alone, or batched with other requests' tokens)
+    and sets ``logits`` to the next-token logits before resuming it."""
+
+    __slots__ = ("logits", "token")
+
+    def __init__(self, token: int):
+        self.token = token
+        self.logits: Logits | None = None
+
+
 def decode_loop(
     first_logits: Logits,
     feed: Callable[[int], Logits],
@@ -126,7 +138,38 @@ def decode_loop(
     soft_tokens: int,
     constraint: TokenConstraint | None = None,
 ) -> Iterator[GenerationChunk]:
-    """Sample up to ``max_new_tokens`` tokens, streaming text as it becomes final."""
+    """Sample up to ``max_new_tokens`` tokens, streaming text as it becomes final; each
+    sampled token is decoded at once through ``feed``."""
+    steps = decode_steps(
+        first_logits,
+        detokenize,
+        is_end_of_turn,
+        params,
+        max_new_tokens=max_new_tokens,
+        input_tokens=input_tokens,
+        soft_tokens=soft_tokens,
+        constraint=constraint,
+    )
+    for step in steps:
+        if isinstance(step, Feed):
+            step.logits = feed(step.token)
+        else:
+            yield step
+
+
+def decode_steps(
+    first_logits: Logits,
+    detokenize: Callable[[list[int]], str],
+    is_end_of_turn: Callable[[int], bool],
+    params: GenerationParams,
+    *,
+    max_new_tokens: int,
+    input_tokens: int,
+    soft_tokens: int,
+    constraint: TokenConstraint | None = None,
+) -> Iterator[GenerationChunk | Feed]:
+    """``decode_loop`` with the decoding left to the caller: yields text chunks, and a
+    ``Feed`` for every token to decode, resumed once its ``logits`` are set."""
     sampler = TokenSampler(params)
     generated: list[int] = []
     emitted = 0
@@ -147,7 +190,7 @@ def decode_loop(
         text = detokenize(generated)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its rest
             if len(generated) < max_new_tokens:
-                logits = feed(token)
+                logits = yield from _fed(token)
             continue
         stop_at, hold = find_stop(text, params.stop)
         if stop_at != -1:
@@ -159,7 +202,7 @@ def decode_loop(
             yield GenerationChunk(text[emitted:ready], token_ids=(token,), logprobs=tuple(pending))
             emitted, pending = ready, []
         if len(generated) < max_new_tokens:
-            logits = feed(token)
+            logits = yield from _fed(token)
     usage = {
         "input_tokens": input_tokens,
         "output_tokens": len(generated),
@@ -168,3 +211,12 @@ def decode_loop(
     yield GenerationChunk(
         text[emitted:], finish_reason=finish, usage=usage, logprobs=tuple(pending)
     )
+
+
+def _fed(token: int) -> Generator[Feed, None, Logits]:
+    """Yield ``token`` to be decoded; return the logits the driver set."""
+    step = Feed(token)
+    yield step
+    if step.logits is None:
+        raise RuntimeError("a decode step was resumed without its logits")
+    return step.logits

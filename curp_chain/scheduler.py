@@ -8,9 +8,13 @@ for many streams, or an event loop (without holding a pool thread while waiting)
 
 The worker interleaves the active requests one step (one token) at a time, each in its
 own slot (a KV-cache sequence, or a cache object), so a stream that is opened and never
-read delays the others by one token per round, not by its whole reply. A request whose
-stream is closed, garbage-collected, cancelled or past its timeout is stopped at its
-next step and its slot freed.
+read delays the others by one token per round, not by its whole reply. A backend that can
+decode several sequences at once gives the scheduler a ``run_round`` function: each
+request's steps then yield a ``RoundWork`` (the token it needs decoded) instead of
+decoding it, and the round's work runs in one call, one batch for all active requests.
+
+A request whose stream is closed, garbage-collected, cancelled or past its timeout is
+stopped at its next step and its slot freed.
 """
 
 from __future__ import annotations
@@ -28,10 +32,15 @@ from curp_chain.errors import BackendError, QueueFullError, RequestTimeoutError
 
 T = TypeVar("T")
 
-StartRequest = Callable[[int], Iterator[T]]
+StartRequest = Callable[[int], Iterator["T | RoundWork"]]
 """Called on the worker thread with a free slot number; each ``next()`` is one step."""
 
 _END = object()
+
+
+class RoundWork:
+    """Base class of the work a request's steps hand to the scheduler's ``run_round``
+    (yielded instead of an output); the request is resumed after the round ran it."""
 
 
 class _Failure:
@@ -158,34 +167,77 @@ class GenerationStream(Generic[T]):
         return self._unwrap(item, StopAsyncIteration)
 
 
+class _Lane:
+    """One worker thread and the slots it owns (slot % lanes == index)."""
+
+    def __init__(self, index: int, slots: list[int]):
+        self.index = index
+        self.free = sorted(slots, reverse=True)  # pop() hands out the lowest slot first
+        self.active: list[_Request[Any]] = []
+        self.worker: threading.Thread | None = None
+
+
 class RequestScheduler:
-    """Runs queued requests on one worker thread, ``slots`` of them interleaved.
+    """Runs queued requests on worker threads, ``slots`` of them at once.
+
+    Each worker (a lane) owns ``slots / lanes`` of the slots (slot ``s`` belongs to lane
+    ``s % lanes``) and interleaves its requests one step at a time; lanes run in parallel,
+    one thread each (a backend gives each lane its own model context). A new request goes
+    to the least busy lane.
 
     Args:
-        name: names the worker thread (shows in thread dumps and profilers).
+        name: names the worker threads (shows in thread dumps and profilers).
         slots: requests generating at once; each step of each runs in turn.
         max_queued: requests waiting for a slot; one more raises QueueFullError.
+        run_round: runs the ``RoundWork`` that one lane's active requests yielded in one
+            round, all at once (one batched decode); None when requests never yield any.
+        lanes: worker threads, at most ``slots``.
     """
 
-    def __init__(self, name: str, *, slots: int = 1, max_queued: int = 64):
-        if slots < 1 or max_queued < 0:
-            raise ValueError(f"slots must be >= 1 and max_queued >= 0, not {slots}, {max_queued}")
+    def __init__(
+        self,
+        name: str,
+        *,
+        slots: int = 1,
+        max_queued: int = 64,
+        run_round: Callable[[list[Any]], None] | None = None,
+        lanes: int = 1,
+    ):
+        if slots < 1 or max_queued < 0 or not 1 <= lanes <= slots:
+            raise ValueError(
+                "slots must be >= 1, max_queued >= 0 and lanes between 1 and slots, not "
+                f"{slots}, {max_queued}, {lanes}"
+            )
         self.name = name
         self.slots = slots
         self.max_queued = max_queued
+        self._run_round = run_round
         self._changed = threading.Condition()
         self._pending: deque[_Request[Any]] = deque()
-        self._active: list[_Request[Any]] = []
-        self._free = list(range(slots - 1, -1, -1))  # pop() hands out slot 0 first
+        self._lanes = [_Lane(i, list(range(i, slots, lanes))) for i in range(lanes)]
         self._closed = False
-        self._worker: threading.Thread | None = None
-        self.steps_run = 0
+        self._steps = [0] * lanes
+        self._rounds = [0] * lanes
+
+    @property
+    def lanes(self) -> int:
+        """Worker threads, each with its own share of the slots."""
+        return len(self._lanes)
+
+    @property
+    def steps_run(self) -> int:
         """Steps (tokens) run so far, over all requests: a progress counter."""
+        return sum(self._steps)
+
+    @property
+    def rounds_run(self) -> int:
+        """Calls of ``run_round`` so far: with batching, fewer than the steps run."""
+        return sum(self._rounds)
 
     def submit(
         self, start: StartRequest[T], *, timeout: float | None = None
     ) -> GenerationStream[T]:
-        """Queue a request; ``start(slot)`` runs on the worker when a slot is free."""
+        """Queue a request; ``start(slot)`` runs on a worker when a slot is free."""
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout}")
         request = _Request(start, timeout)
@@ -198,10 +250,14 @@ class RequestScheduler:
                     f"(max_queued={self.max_queued}); retry later or raise max_queued"
                 )
             self._pending.append(request)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._worker.start()
-            self._changed.notify()
+            for lane in self._lanes:
+                if lane.worker is None:
+                    lane.worker = threading.Thread(
+                        target=self._run, args=(lane,), name=f"{self.name} #{lane.index}"
+                    )
+                    lane.worker.daemon = True
+                    lane.worker.start()
+            self._changed.notify_all()  # idle lanes wait; the least busy one admits it
         return GenerationStream(request, self)
 
     @staticmethod
@@ -218,80 +274,110 @@ class RequestScheduler:
     @property
     def active(self) -> int:
         """Requests holding a slot (generating)."""
-        return len(self._active)
+        return sum(len(lane.active) for lane in self._lanes)
 
     def close(self) -> None:
-        """Stop the worker; waiting and running requests fail with BackendError."""
+        """Stop the workers; waiting and running requests fail with BackendError."""
         with self._changed:
             self._closed = True
-            self._changed.notify()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join()
+            self._changed.notify_all()
+            workers = [lane.worker for lane in self._lanes]
+        for worker in workers:
+            if worker is not None and worker is not threading.current_thread():
+                worker.join()
 
     # --- worker side ----------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, lane: _Lane) -> None:
         while True:
             with self._changed:
-                self._admit()
-                while not self._active and not self._closed:
+                self._admit(lane)
+                while not lane.active and not self._closed:
                     self._changed.wait()
-                    self._admit()
+                    self._admit(lane)
                 if self._closed:
-                    self._fail_all()
+                    self._fail_all(lane)
                     return
-                active = list(self._active)
-            for request in active:
-                self._step(request)
+                active = list(lane.active)
+            work = [(request, self._advance(request, lane)) for request in active]
+            self._run_work([(request, item) for request, item in work if item is not None], lane)
 
-    def _admit(self) -> None:
-        while self._pending and self._free:
+    def _admit(self, lane: _Lane) -> None:
+        """Take waiting requests into free slots while no other lane is less busy."""
+        while self._pending and lane.free:
+            others = [len(o.active) for o in self._lanes if o is not lane and o.free]
+            if others and min(others) < len(lane.active):
+                return  # an idler lane takes it, in parallel with this one
             request = self._pending.popleft()
             if request.cancelled or request.expired():
                 request.done = True
                 if not request.cancelled:
                     request.put(_Failure(request.timeout_error()))
                 continue
-            request.slot = self._free.pop()
-            self._active.append(request)
+            request.slot = lane.free.pop()
+            lane.active.append(request)
 
-    def _step(self, request: _Request[Any]) -> None:
+    def _advance(self, request: _Request[Any], lane: _Lane) -> RoundWork | None:
+        """Run one step of ``request``: up to its next output, or (batched) up to the work
+        it needs from this round, returned."""
         if request.cancelled or request.expired():
-            self._finish(request, None if request.cancelled else _Failure(request.timeout_error()))
-            return
+            failure = None if request.cancelled else _Failure(request.timeout_error())
+            self._finish(request, failure, lane)
+            return None
         try:
             if request.steps is None:
                 request.steps = request.start(request.slot)
-            item = next(request.steps)
-            self.steps_run += 1
+            while True:
+                item = next(request.steps)
+                if isinstance(item, RoundWork):
+                    self._steps[lane.index] += 1
+                    return item
+                request.put(item)
+                if self._run_round is None:  # one output is one step
+                    self._steps[lane.index] += 1
+                    return None
         except StopIteration:
-            self._finish(request, _END)
+            self._finish(request, _END, lane)
         except BaseException as error:  # delivered to the reader, who re-raises it
-            self._finish(request, _Failure(error))
-        else:
-            request.put(item)
+            self._finish(request, _Failure(error), lane)
+        return None
 
-    def _finish(self, request: _Request[Any], last: Any) -> None:
+    def _run_work(self, work: list[tuple[_Request[Any], RoundWork]], lane: _Lane) -> None:
+        if not work:
+            return
+        if self._run_round is None:
+            error: BaseException = BackendError("a request yielded work this backend cannot run")
+        else:
+            try:
+                self._run_round([item for _, item in work])
+                self._rounds[lane.index] += 1
+                return
+            except BaseException as failure:  # every request of the round shares it
+                error = failure
+        for request, _ in work:
+            self._finish(request, _Failure(error), lane)
+
+    def _finish(self, request: _Request[Any], last: Any, lane: _Lane) -> None:
         steps, request.steps = request.steps, None
         close = getattr(steps, "close", None)
         if close is not None:
             with contextlib.suppress(Exception):  # the request is over either way
                 close()  # runs the generator's cleanup (grammar samplers, caches)
+        with self._changed:  # before the reader hears of the end, so counts agree
+            lane.active.remove(request)
+            lane.free.append(request.slot)
         request.done = True
         if last is not None:
             request.put(last)
-        with self._changed:
-            self._active.remove(request)
-            self._free.append(request.slot)
 
-    def _fail_all(self) -> None:
-        for request in [*self._active, *self._pending]:
-            closed = BackendError("the backend was closed during the request")
-            if request in self._active:
-                self._finish(request, _Failure(closed))
-            else:
-                request.done = True
-                request.put(_Failure(closed))
+    def _fail_all(self, lane: _Lane) -> None:
+        """On close: fail this lane's requests and every waiting one."""
+        for request in list(lane.active):
+            self._finish(
+                request, _Failure(BackendError("the backend was closed during the request")), lane
+            )
+        for request in self._pending:
+            request.done = True
+            request.put(_Failure(BackendError("the backend was closed during the request")))
         self._pending.clear()
 
 

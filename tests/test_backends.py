@@ -29,10 +29,12 @@ def random_soft(seed: int, n: int = 5) -> np.ndarray:
 
 
 def prefill_logits(backend, segments) -> np.ndarray:  # type: ignore[no-untyped-def]
-    # Straight on the native context, in sequence 0: no request is running meanwhile.
-    backend._clear_sequence(0)
-    backend._prefill(0, segments)
-    return backend._last_logits()
+    # Straight on a worker's native context, in sequence 0: no request runs meanwhile.
+    lane = backend._lanes[-1]
+    lane.prefill(0, segments)
+    logits = lane.logits()
+    lane.clear(0)
+    return logits
 
 
 def test_token_embeddings_fed_as_soft_tokens_reproduce_the_token_path(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from curp_chain.errors import BackendError, QueueFullError, RequestTimeoutError
-from curp_chain.scheduler import RequestScheduler
+from curp_chain.scheduler import RequestScheduler, RoundWork
 
 
 def counter(
@@ -206,3 +206,61 @@ def test_close_fails_open_requests_and_refuses_new_ones() -> None:
         list(running)
     with pytest.raises(BackendError, match="closed"):
         scheduler.submit(counter(1, [], []))
+
+
+class Square(RoundWork):
+    """Work a request hands to the round: square ``value``."""
+
+    def __init__(self, value: int):
+        self.value = value
+        self.result: int | None = None
+
+
+def squares(n: int) -> Callable[[int], Iterator[int | RoundWork]]:
+    def start(_slot: int) -> Iterator[int | RoundWork]:
+        for i in range(n):
+            work = Square(i)
+            yield work
+            assert work.result is not None
+            yield work.result
+
+    return start
+
+
+def test_a_round_runs_the_work_of_every_active_request_in_one_call() -> None:
+    rounds: list[list[int]] = []
+
+    submitted = threading.Event()
+
+    def run_round(work: list[Square]) -> None:
+        submitted.wait(10)  # the first round waits until all three are queued
+        rounds.append([w.value for w in work])
+        for w in work:
+            w.result = w.value * w.value
+
+    scheduler = RequestScheduler("test", slots=3, run_round=run_round)  # type: ignore[arg-type]
+    long = scheduler.submit(squares(200))
+    short = [scheduler.submit(squares(4)) for _ in range(2)]
+    submitted.set()
+    assert [list(s) for s in short] == [[0, 1, 4, 9]] * 2
+    assert list(long) == [i * i for i in range(200)]
+    assert max(len(r) for r in rounds) == 3  # one call for all three requests
+    assert scheduler.rounds_run == len(rounds) < scheduler.steps_run == 208
+    scheduler.close()
+
+
+def test_a_failed_round_fails_its_requests_and_the_scheduler_goes_on() -> None:
+    failures = [True]
+
+    def run_round(work: list[Square]) -> None:
+        if failures.pop() if failures else False:
+            raise BackendError("decode failed")
+        for w in work:
+            w.result = w.value * w.value
+
+    scheduler = RequestScheduler("test", slots=2, run_round=run_round)  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match="decode failed"):
+        list(scheduler.submit(squares(3)))
+    assert list(scheduler.submit(squares(3))) == [0, 1, 4]
+    assert scheduler.active == 0
+    scheduler.close()

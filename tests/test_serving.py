@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from itertools import zip_longest
 from typing import Any
 
@@ -192,3 +193,34 @@ def test_a_full_queue_and_a_timeout_are_clear_errors(memory_store) -> None:  # t
     wait_until(lambda: backend.scheduler.active == 0)
     assert model.invoke("Say hi.", max_tokens=4).content  # still serving after both errors
     backend.close()
+
+
+def test_concurrent_requests_decode_in_shared_rounds_on_parallel_workers(
+    memory_store,  # type: ignore[no-untyped-def]
+) -> None:
+    from curp_chain_integrations.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(n_ctx=512, n_threads=1, slots=4, workers=2)
+    assert backend.workers == backend.scheduler.lanes == 2
+    model = CurpChatModel(backend=backend, history_store=memory_store, max_tokens=16)
+    for user, items in HISTORIES.items():
+        model.add_history(user, items)
+    calls = [(u, q) for u in [*HISTORIES, "nobody"] for q in QUESTIONS][:4]
+    alone = [model.invoke(q, user_id=u).content for u, q in calls]
+    rounds, steps = backend.scheduler.rounds_run, backend.scheduler.steps_run
+    with ThreadPoolExecutor(max_workers=4) as pool:  # all four at once
+        replies = [pool.submit(model.invoke, q, user_id=u) for u, q in calls]
+        together = [r.result(timeout=300).content for r in replies]
+    assert together == alone  # each sequence's arithmetic is that of the request alone
+    # Two requests per worker: about two tokens per decode, not one.
+    assert (backend.scheduler.steps_run - steps) > 1.5 * (backend.scheduler.rounds_run - rounds)
+    backend.close()
+
+
+def test_workers_default_to_the_cores_the_threads_leave_and_at_most_slots() -> None:
+    from curp_chain_integrations.llamacpp import default_workers
+
+    cores = os.cpu_count() or 1
+    assert default_workers(1, 0) == cores
+    assert default_workers(cores, 0) == 1
+    assert default_workers(1, 99) == 1  # a GPU context batches on its own

