@@ -79,6 +79,22 @@ def test_update_replaces_the_one_item_and_delete_removes_it(
     store.delete(("ana", "memories"), "pets")  # deleting what is gone is no error
 
 
+def test_duplicates_from_racing_puts_read_as_the_newest_and_go_together(
+    model: CurpChatModel, store: CurpStore
+) -> None:
+    store.put(("ana", "m"), "k", {"text": "first"})
+    (first,) = model.history("ana")
+    time.sleep(0.01)
+    # What a put racing the first one leaves: a second item for the same key.
+    metadata = {**first.metadata}
+    metadata["langgraph_store"] = {**metadata["langgraph_store"], "value": {"text": "second"}}
+    model.add_history("ana", [NewHistoryItem("second", kind="memory", metadata=metadata)])
+    assert store.get(("ana", "m"), "k").value == {"text": "second"}  # type: ignore[union-attr]
+    assert len(store.search(("ana",))) == 1
+    store.delete(("ana", "m"), "k")
+    assert model.history("ana") == []
+
+
 def test_the_text_encoded_comes_from_text_fields_index_or_json(
     model: CurpChatModel, store: CurpStore
 ) -> None:
