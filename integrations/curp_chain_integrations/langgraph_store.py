@@ -142,12 +142,14 @@ class CurpStore(BaseStore):
         self, op: ListNamespacesOp, cache: dict[str, MemoriesByKey]
     ) -> list[Namespace]:
         conditions = op.match_conditions or ()
-        users = self._all_users()
-        for condition in conditions:
-            path = tuple(condition.path)
-            position = self.config.user_position
-            if condition.match_type == "prefix" and len(path) > position and path[position] != "*":
-                users = [validate_user_id(path[position])]
+        position = self.config.user_position
+        named = [
+            tuple(c.path)[position]
+            for c in conditions
+            if c.match_type == "prefix" and len(c.path) > position and c.path[position] != "*"
+        ]
+        # A prefix that names the user reads only that user's items.
+        users = [validate_user_id(named[0])] if named else self._all_users()
         namespaces = {key[0] for user_id in users for key in self._memories(user_id, cache)}
         kept = [ns for ns in namespaces if all(matches_namespace(ns, c) for c in conditions)]
         if op.max_depth is not None:
