@@ -58,6 +58,11 @@ class StoreError(CurpError):
     """The history store failed; the call's changes were rolled back."""
 
 
+class InvalidStoreOperationError(CurpError, ValueError):
+    """A LangGraph store operation the history cannot carry out: a namespace without a user
+    id in it, a value that is not a dict of plain JSON, an unknown filter operator."""
+
+
 class BackendError(CurpError, RuntimeError):
     """The LLM backend failed (a native call returned an error code)."""
 

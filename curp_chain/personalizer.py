@@ -99,12 +99,18 @@ class Personalizer:
         *,
         truncate: bool = False,
         progress: bool = False,
+        replacing: Sequence[int] = (),
     ) -> list[HistoryItem]:
-        """Validate, encode once and store items with their codes, all or nothing."""
+        """Validate, encode once and store items with their codes, all or nothing; the
+        user's items with ids in ``replacing`` are deleted in the same transaction."""
         user_id = validate_user_id(user_id)
         batch = normalize_items(items, truncate=truncate)
         codes = self.encode_codes([item.text for item in batch], progress=progress)
-        return self.store.add_items(user_id, batch, codes.tolist(), self.codebook_version)
+        if not replacing:  # the plain call, which every HistoryStore has always taken
+            return self.store.add_items(user_id, batch, codes.tolist(), self.codebook_version)
+        return self.store.add_items(
+            user_id, batch, codes.tolist(), self.codebook_version, replacing=replacing
+        )
 
     def user_codes(self, user_id: str) -> list[ItemCodes]:
         """The newest items' codes, encoding (once) any made with an older codebook."""
@@ -116,11 +122,8 @@ class Personalizer:
             fresh = self.encode_codes([item.text for item in cached.stale])
             mapping = {item.id: row.tolist() for item, row in zip(cached.stale, fresh, strict=True)}
             saved = self.store.save_codes(mapping, self.codebook_version)
-            if len(saved) < len(mapping):
-                # Items are only deleted with their user: forget_user ran meanwhile, and a
-                # request that loses that race answers as for an unknown user.
-                return []
-            encoded += [ItemCodes(i, tuple(c)) for i, c in mapping.items()]
+            # Items deleted meanwhile (one by one, or with their user) are left out.
+            encoded += [ItemCodes(i, tuple(c)) for i, c in mapping.items() if i in saved]
         return encoded
 
     @torch.no_grad()

@@ -34,16 +34,21 @@ class HistoryStore(Protocol):
         items: Sequence[NewHistoryItem],
         codes: Sequence[Sequence[int]] | None = None,
         codebook_version: str | None = None,
+        *,
+        replacing: Sequence[int] = (),
     ) -> list[HistoryItem]:
-        """Store items (and their codes, if given, made by ``codebook_version``)."""
+        """Store items (and their codes, if given, made by ``codebook_version``), deleting
+        the user's items with ids in ``replacing`` in the same transaction."""
         ...
 
     def count_by_hash(self, user_id: str, hashes: Sequence[str]) -> Mapping[str, int]:
         """How many of the user's items have each `curp_chain.history.content_hash`."""
         ...
 
-    def get_items(self, user_id: str, limit: int | None = None) -> list[HistoryItem]:
-        """The user's items, newest first."""
+    def get_items(
+        self, user_id: str, limit: int | None = None, *, kind: str | None = None
+    ) -> list[HistoryItem]:
+        """The user's items (only those of ``kind``, if given), newest first."""
         ...
 
     def get_codes(self, user_id: str, codebook_version: str, limit: int | None = None) -> UserCodes:
@@ -58,6 +63,11 @@ class HistoryStore(Protocol):
         ...
 
     def list_users(self) -> list[UserSummary]: ...
+
+    def delete_items(self, user_id: str, item_ids: Sequence[int]) -> int:
+        """Remove these items of the user (ids of other users' items are ignored); returns
+        the number removed. The user stays."""
+        ...
 
     def delete_user(self, user_id: str) -> int:
         """Remove the user and their items; returns the number of items removed."""

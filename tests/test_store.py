@@ -688,3 +688,56 @@ def test_default_sqlite_url_uses_user_data_dir(
     assert make_url(default_sqlite_url()).database == str(expected)
     assert expected.parent.is_dir()
     assert str(tmp_path) in str(expected)
+
+
+# --- Single items -------------------------------------------------------------------------
+
+
+def test_delete_items_removes_only_the_users_own_items_and_their_codes(
+    store: SQLHistoryStore,
+) -> None:
+    a1, a2, a3 = store.add_items("ana", _items("a1", "a2", "a3"), [[1], [2], [3]], "v1")
+    (b1,) = store.add_items("bob", ["b1"], codes=[[4]], codebook_version="v1")
+    # bob's item and an id of no item are ignored; a repeated id counts once.
+    assert store.delete_items("ana", [a2.id, a2.id, b1.id, b1.id + 1000]) == 1
+    assert [item.text for item in store.get_items("ana")] == ["a3", "a1"]
+    assert store.get_codes("ana", "v1").encoded == [ItemCodes(a3.id, (3,)), ItemCodes(a1.id, (1,))]
+    assert _rows(store, "curp_item_codes") == 3
+    assert store.get_items("bob") == [b1]
+    assert store.delete_items("ana", []) == 0
+    assert store.delete_items("ana", [a1.id, a3.id]) == 2
+    # The user stays, with no items: only delete_user removes a user.
+    assert [(u.user_id, u.n_items) for u in store.list_users()] == [("ana", 0), ("bob", 1)]
+
+
+def test_add_items_replacing_swaps_in_one_transaction(store: SQLHistoryStore) -> None:
+    old, kept = store.add_items("ana", _items("old", "kept"), [[1], [2]], "v1")
+    (b1,) = store.add_items("bob", ["b1"])
+    (new,) = store.add_items("ana", ["new"], [[3]], "v1", replacing=[old.id, b1.id])
+    assert [item.text for item in store.get_items("ana")] == ["new", "kept"]
+    assert store.get_items("bob") == [b1]
+    assert {c.item_id for c in store.get_codes("ana", "v1").encoded} == {new.id, kept.id}
+    # A bad new item keeps the old one: nothing happens.
+    with pytest.raises(InvalidHistoryItemError):
+        store.add_items("ana", ["  "], replacing=[kept.id])
+    assert store.count_items("ana") == 2
+
+
+def test_get_items_of_one_kind(store: SQLHistoryStore) -> None:
+    store.add_items(
+        "ana",
+        [NewHistoryItem("a tweet", kind="tweet"), NewHistoryItem("a memory", kind="memory")],
+    )
+    assert [item.text for item in store.get_items("ana", kind="memory")] == ["a memory"]
+    assert store.get_items("ana", kind="email") == []
+    assert len(store.get_items("ana")) == 2
+
+
+@pytest.mark.parametrize("item_ids", ["12", [1, "2"], [True], None])
+def test_bad_item_ids_are_rejected(store: SQLHistoryStore, item_ids: Any) -> None:
+    (item,) = store.add_items("ana", ["a"])
+    with pytest.raises(InvalidHistoryItemError, match="item ids"):
+        store.delete_items("ana", item_ids)
+    with pytest.raises(InvalidHistoryItemError, match="item ids"):
+        store.add_items("ana", ["b"], replacing=item_ids)
+    assert store.get_items("ana") == [item]

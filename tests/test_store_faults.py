@@ -271,6 +271,29 @@ def test_a_request_racing_forget_user_answers_as_for_an_unknown_user(
     store.close()
 
 
+class _DeletesOneAfterRead(SQLHistoryStore):
+    """A store on which another client deletes the oldest item right after each get_codes."""
+
+    def get_codes(self, user_id: str, codebook_version: str, limit: int | None = None) -> Any:
+        result = super().get_codes(user_id, codebook_version, limit=limit)
+        oldest = min(item.id for item in self.get_items(user_id))
+        SQLHistoryStore(self.engine).delete_items(user_id, [oldest])
+        return result
+
+
+def test_a_request_racing_delete_items_uses_the_items_left(encoder: Any, tmp_path: Path) -> None:
+    from curp_chain.checkpoint import load_checkpoint
+    from curp_chain.personalizer import Personalizer
+
+    store = _DeletesOneAfterRead(f"sqlite:///{tmp_path / 'race.sqlite'}")
+    store.setup()
+    store.add_items("ana", ["first, deleted during the request", "second", "third"])
+    personalizer = Personalizer(load_checkpoint(), encoder, store)
+    result = personalizer.personalize("ana", "hello")
+    assert result.personalized and result.history_items == 2
+    store.close()
+
+
 # --- Round trip, byte for byte ----------------------------------------------------------------
 
 storable_text = st.text(

@@ -119,16 +119,21 @@ class SQLHistoryStore:
         items: Sequence[NewHistoryItem | str],
         codes: Sequence[Sequence[int]] | None = None,
         codebook_version: str | None = None,
+        *,
+        replacing: Sequence[int] = (),
     ) -> list[HistoryItem]:
         """Store a batch of items (and their codes) for a user, creating the user if new.
 
         Everything is checked before the database is touched; a batch is stored whole or
         not at all. A plain string is an item of kind "text". Items without ``created_at``
-        get the time of this call; a naive ``created_at`` is taken to be UTC.
+        get the time of this call; a naive ``created_at`` is taken to be UTC. The user's
+        items with ids in ``replacing`` are deleted in the same transaction (ids of no item
+        or of another user's item are ignored), so a replacement is never half done.
         """
         user_id = validation.check_user_id(user_id)
         batch = validation.check_items(items)
         batch_codes, version = validation.check_batch_codes(len(batch), codes, codebook_version)
+        replaced = validation.check_item_ids(replacing)
         now = datetime.now(UTC)
         rows = [
             HistoryItemRow(
@@ -143,6 +148,7 @@ class SQLHistoryStore:
         ]
         with self._transaction("add_items", write=True) as session:
             self._hold_user(session, user_id, now)
+            _delete_items(session, user_id, replaced)
             session.add_all(rows)
             session.flush()
             if batch_codes is not None and version is not None:
@@ -152,11 +158,18 @@ class SQLHistoryStore:
                 )
             return [_item(row) for row in rows]
 
-    def get_items(self, user_id: str, limit: int | None = None) -> list[HistoryItem]:
-        """The user's items, newest first (an unknown user has none)."""
+    def get_items(
+        self, user_id: str, limit: int | None = None, *, kind: str | None = None
+    ) -> list[HistoryItem]:
+        """The user's items (only those of ``kind``, if given), newest first; an unknown
+        user has none."""
         user_id = validation.check_user_id(user_id)
         limit = validation.check_limit(limit)
-        query = _newest(select(HistoryItemRow), user_id, limit)
+        kind = validation.check_kind(kind)
+        query = select(HistoryItemRow)
+        if kind is not None:
+            query = query.where(HistoryItemRow.kind == kind)
+        query = _newest(query, user_id, limit)
         with self._transaction("get_items") as session:
             return [_item(row) for row in session.scalars(query)]
 
@@ -273,6 +286,19 @@ class SQLHistoryStore:
             # Items and codes go by ON DELETE CASCADE, in the same statement.
             session.execute(delete(UserRow).where(UserRow.id == user_id))
             return removed
+
+    def delete_items(self, user_id: str, item_ids: Sequence[int]) -> int:
+        """Remove these items of the user and their codes; returns how many were removed.
+
+        Ids of no item or of another user's item are ignored. The user stays, even with no
+        items left (`delete_user` removes the user).
+        """
+        user_id = validation.check_user_id(user_id)
+        ids = validation.check_item_ids(item_ids)
+        if not ids:
+            return 0
+        with self._transaction("delete_items", write=True) as session:
+            return _delete_items(session, user_id, ids)
 
     def count_items(self, user_id: str) -> int:
         user_id = validation.check_user_id(user_id)
@@ -402,6 +428,23 @@ def _newest(query: Select[*Row], user_id: str, limit: int | None) -> Select[*Row
         HistoryItemRow.created_at.desc(), HistoryItemRow.id.desc()
     )
     return query if limit is None else query.limit(limit)
+
+
+def _delete_items(session: Session, user_id: str, ids: list[int]) -> int:
+    """Delete the user's items among ``ids`` (codes go by ON DELETE CASCADE); the count."""
+    removed = 0
+    for chunk in _chunks(ids):
+        # Only ids the statement deletes count: selected first, locked, in id order.
+        found = session.scalars(
+            select(HistoryItemRow.id)
+            .where(HistoryItemRow.user_id == user_id, HistoryItemRow.id.in_(chunk))
+            .order_by(HistoryItemRow.id)
+            .with_for_update()
+        ).all()
+        if found:
+            session.execute(delete(HistoryItemRow).where(HistoryItemRow.id.in_(found)))
+        removed += len(found)
+    return removed
 
 
 def _count(user_id: str) -> Select[int]:

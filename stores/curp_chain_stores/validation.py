@@ -129,6 +129,29 @@ def check_limit(limit: object) -> int | None:
     return limit
 
 
+def check_item_ids(item_ids: object) -> list[int]:
+    """Item ids to delete: a sequence of ints, deduplicated and sorted (the lock order)."""
+    if isinstance(item_ids, str | bytes) or not isinstance(item_ids, Iterable):
+        raise InvalidHistoryItemError(f"item ids must be a list of ints, got {item_ids!r}")
+    ids = list(item_ids)
+    for item_id in ids:
+        if not isinstance(item_id, int) or isinstance(item_id, bool):
+            raise InvalidHistoryItemError(f"item ids must be ints, got {item_id!r}")
+    return sorted(set(ids))
+
+
+def check_kind(kind: object) -> str | None:
+    """A kind to filter by, or None for every kind."""
+    if kind is None:
+        return None
+    if not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_KIND_CHARS:
+        raise InvalidHistoryItemError(
+            f"kind must be None or a non-empty string of at most {MAX_KIND_CHARS} "
+            f"characters, got {kind!r}"
+        )
+    return kind
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
