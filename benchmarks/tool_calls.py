@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from pydantic import ValidationError
@@ -62,12 +63,25 @@ class Request:
     text: str
     tool: str | None
     """The tool it clearly needs; None: it needs none."""
+    arguments: dict[str, Any] | None = None
+    """Expected arguments: a number, or strings of which the value must contain one."""
+
+    def right_arguments(self, args: dict[str, Any]) -> bool:
+        for key, expected in (self.arguments or {}).items():
+            value = args.get(key)
+            if isinstance(expected, list):
+                text = str(value).lower()
+                if not any(option.lower() in text for option in expected):
+                    return False
+            elif value != expected:
+                return False
+        return True
 
 
 def load_requests() -> tuple[list[Request], list[Request]]:
     """(tuning half, held-out half): even and odd positions of each list in the file."""
     data = json.loads(REQUESTS.read_text())
-    needs = [Request(r["request"], r["tool"]) for r in data["needs_tool"]]
+    needs = [Request(r["request"], r["tool"], r["arguments"]) for r in data["needs_tool"]]
     none = [Request(r["request"], None) for r in data["needs_none"]]
     return needs[0::2] + none[0::2], needs[1::2] + none[1::2]
 
@@ -101,22 +115,26 @@ def choice_rates(model: CurpChatModel, requests: list[Request]) -> dict[str, int
     """Calls made under "auto" (end to end: gate, then grammar-constrained decoding)."""
     bound = model.bind_tools(TOOLS)  # tool_choice None = "auto"
     by_name = {t.name: t for t in TOOLS}
-    counts = {"needed": 0, "called_needed": 0, "right_tool": 0, "valid_args": 0}
+    counts = {"needed": 0, "called_needed": 0, "cut_short": 0, "right_tool": 0}
+    counts |= {"valid_args": 0, "right_args": 0}
     counts |= {"not_needed": 0, "called_not_needed": 0}
     for request in requests:
-        calls = bound.invoke(request.text).tool_calls
+        reply = bound.invoke(request.text)
+        calls = reply.tool_calls
         if request.tool is None:
             counts["not_needed"] += 1
-            counts["called_not_needed"] += bool(calls)
+            counts["called_not_needed"] += bool(calls or reply.invalid_tool_calls)
             continue
         counts["needed"] += 1
         counts["called_needed"] += bool(calls)
+        counts["cut_short"] += bool(reply.invalid_tool_calls)
         if calls and calls[0]["name"] == request.tool:
             counts["right_tool"] += 1
             schema = by_name[request.tool].args_schema
             try:
                 schema.model_validate(calls[0]["args"])  # type: ignore[union-attr]
                 counts["valid_args"] += 1
+                counts["right_args"] += request.right_arguments(calls[0]["args"])
             except ValidationError:
                 pass
     return counts
@@ -125,8 +143,10 @@ def choice_rates(model: CurpChatModel, requests: list[Request]) -> dict[str, int
 def print_rates(label: str, counts: dict[str, int]) -> None:
     print(
         f"{label}: called a tool for {counts['called_needed']}/{counts['needed']} requests that "
-        f"need one (right tool {counts['right_tool']}, valid arguments {counts['valid_args']}); "
-        f"for {counts['called_not_needed']}/{counts['not_needed']} that need none"
+        f"need one (right tool {counts['right_tool']}, arguments valid {counts['valid_args']}, "
+        f"as asked {counts['right_args']}; calls cut short by max_tokens "
+        f"{counts['cut_short']}); for {counts['called_not_needed']}/{counts['not_needed']} "
+        "that need none"
     )
 
 
@@ -227,6 +247,7 @@ def main() -> None:
     parser.add_argument("--first-token", action="store_true", help="also measure the old choice")
     parser.add_argument("--choice-only", action="store_true", help="skip the speed sections")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # the encoder too: the machine is shared
     backend = LlamaCppBackend(n_threads=args.threads)
     store = SQLHistoryStore("sqlite://")
     store.setup()
