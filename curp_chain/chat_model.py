@@ -69,10 +69,14 @@ from curp_chain.structured import (
     with_format_instruction,
 )
 from curp_chain.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
-from curp_chain.tool_decoding import ToolDecoding, tool_decoding
+from curp_chain.tool_decoding import ToolDecoding, settle_auto, tool_decoding
+from curp_chain.tool_gate import GateDecision, decide
 from curp_chain.tool_prompt import inline_tools
 from curp_chain.tool_stream import ToolCallAssembler, ToolCallResult
 from curp_chain.tools import resolve_tool_choice, tool_specs
+
+AUTO_TOOL_THRESHOLD = 0.24
+"""The default of ``CurpChatModel.auto_tool_threshold`` (see docs/benchmarks.md)."""
 
 
 def logprobs_metadata(logprobs: Sequence[TokenLogprob]) -> dict[str, list[dict[str, Any]]]:
@@ -162,6 +166,8 @@ class PreparedRequest:
     """With tools bound: turns the streamed reply into content or tool calls."""
     memory: TurnRecorder | None = None
     """With ``remember_turns``: stores the user's message (and the reply) when it ends."""
+    tool_gate: GateDecision | None = None
+    """With tool_choice "auto": how the relevance gate chose between a call and text."""
 
 
 class CurpChatModel(BaseChatModel):
@@ -265,6 +271,14 @@ class CurpChatModel(BaseChatModel):
     history (encoded at write time, so their next request uses it). Off by default."""
     remember_replies: bool = False
     """With ``remember_turns``: store the model's text replies too (kind "chat_reply")."""
+    auto_tool_threshold: float | None = Field(default=AUTO_TOOL_THRESHOLD, ge=-1.0, le=1.0)
+    """tool_choice "auto": the cosine similarity (in the personalization encoder) between
+    the latest user request and a bound tool's name, description and parameter names at
+    which the reply becomes a call to the best-matching tool; below it, a text reply. A tool
+    already called since that request is not offered again, so an agent's next call
+    answers in text. Higher: fewer calls. Calibrated on half of benchmarks/tool_requests.json
+    (docs/benchmarks.md). None leaves the choice to the LLM's first token (a reply that
+    starts with ``{`` is a call), which SmolLM2-135M never takes."""
     default_system_message: str | None = DEFAULT_SYSTEM_MESSAGE
     """Sent first when a request has no system message of its own and no soft tokens; None
     sends none (the chat template may then add its own default). See curp_chain.system_message."""
@@ -486,8 +500,9 @@ class CurpChatModel(BaseChatModel):
         """A runnable that may call ``tools`` (LangChain tools, Pydantic classes, functions or
         OpenAI-style dicts).
 
-        ``tool_choice``: None, False or "auto": the model chooses between a call and a text
-        reply (with its first token: a reply starting with ``{`` is a call); "any",
+        ``tool_choice``: None, False or "auto": a call or a text reply, chosen by how close
+        the latest user request is to each tool (``auto_tool_threshold``; a tool already
+        called for that request is not offered again); "any",
         "required" or True: a call to some tool; "none": text only; a tool name or
         ``{"type": "function", "function": {"name": ...}}``: a call to that tool. A call is
         decoded under a grammar built from the tools' JSON Schemas, so it always names a bound
@@ -555,7 +570,7 @@ class CurpChatModel(BaseChatModel):
         """Everything a request needs before the first token: the personalized prompt, the
         generation settings and the backend. Shared by the sync and async paths."""
         turns = to_chat_turns(messages)
-        decoding = tool_decoding(kwargs)
+        decoding, gate = self._decide_tools(turns, tool_decoding(kwargs))
         params = self._params(stop, kwargs, decoding)
         if decoding.response_schema is not None:
             turns = with_format_instruction(turns, decoding.response_schema)
@@ -579,8 +594,20 @@ class CurpChatModel(BaseChatModel):
         )
         memory = self._turn_recorder(messages, personalization.user_id, kwargs)
         return PreparedRequest(
-            prompt, params, personalization, backend, kwargs, decoding.assembler(), memory
+            prompt, params, personalization, backend, kwargs, decoding.assembler(), memory, gate
         )
+
+    def _decide_tools(
+        self, turns: list[ChatTurn], decoding: ToolDecoding
+    ) -> tuple[ToolDecoding, GateDecision | None]:
+        """tool_choice "auto" settled by the relevance gate (see curp_chain.tool_gate)."""
+        if decoding.choice is None or decoding.choice.mode != "auto":
+            return decoding, None
+        if self.auto_tool_threshold is None:
+            return decoding, None
+        encoder = self.get_personalizer().encoder
+        gate = decide(turns, decoding.specs, encoder.encode, self.auto_tool_threshold)
+        return settle_auto(decoding, gate.call), gate
 
     def _turn_recorder(
         self, messages: list[BaseMessage], user_id: str | None, kwargs: dict[str, Any]
@@ -693,6 +720,13 @@ class CurpChatModel(BaseChatModel):
         }
         if calls is not None and calls.error is not None:
             metadata["tool_call_error"] = calls.error
+        if request.tool_gate is not None:
+            gate = request.tool_gate
+            metadata["tool_gate"] = {
+                "call": gate.call,
+                "scores": gate.scores,
+                "reason": gate.reason,
+            }
         message = AIMessageChunk(
             content=calls.content if calls is not None else piece.text,
             usage_metadata=usage_metadata,

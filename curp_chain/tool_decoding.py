@@ -68,7 +68,13 @@ def tool_decoding(kwargs: Mapping[str, Any]) -> ToolDecoding:
         if kwargs.get("tool_choice") not in (None, False, "auto", "none"):
             raise CurpError(f"tool_choice {kwargs['tool_choice']!r} needs tools; none are bound")
         return ToolDecoding((), None, response, response, False)
-    choice = resolve_tool_choice(kwargs.get("tool_choice"), specs)
+    return plan(specs, resolve_tool_choice(kwargs.get("tool_choice"), specs), response)
+
+
+def plan(
+    specs: tuple[ToolSpec, ...], choice: ToolChoice, response: Mapping[str, Any] | None
+) -> ToolDecoding:
+    """The decoding plan for bound tools and a resolved choice."""
     if choice.mode == "none":
         return ToolDecoding(specs, choice, response, response, False, response is None)
     calls = call_schema(specs, choice.names)
@@ -78,3 +84,12 @@ def tool_decoding(kwargs: Mapping[str, Any]) -> ToolDecoding:
         options = [*calls.get("anyOf", [calls]), dict(response)]
         return ToolDecoding(specs, choice, response, {"anyOf": options}, False)
     return ToolDecoding(specs, choice, None, calls, True)
+
+
+def settle_auto(decoding: ToolDecoding, call: str | None) -> ToolDecoding:
+    """ "auto" decided outside the LLM (``tool_gate``): a required call to ``call``, or, when
+    it is None, text (in the response format, if one is set)."""
+    if decoding.choice is None or decoding.choice.mode != "auto":
+        return decoding
+    choice = ToolChoice("none", ()) if call is None else ToolChoice("required", (call,))
+    return plan(decoding.specs, choice, decoding.response_schema)

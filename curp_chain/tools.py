@@ -3,8 +3,9 @@
 A reply that calls a tool is one JSON object, ``{"name": <tool>, "arguments": {...}}``,
 decoded under a grammar built from the tools' JSON Schemas, so a small model cannot emit a
 call to a tool that does not exist or arguments of the wrong shape. With ``tool_choice``
-"auto" the grammar also allows plain text that does not start with ``{``: the model decides
-between a call and a text reply with its first token.
+"auto" a relevance gate decides between a call and a text reply before decoding
+(``curp_chain.tool_gate``); without the gate the grammar also allows plain text that does
+not start with ``{``, and the model decides with its first token.
 """
 
 from __future__ import annotations

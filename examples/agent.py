@@ -4,23 +4,21 @@
 
 The agent runs on the default local model (SmolLM2-135M-Instruct through llama.cpp). Each
 user's history personalizes every model call: CurpUserMiddleware reads the user id from
-the agent's runtime context. A 135M model cannot plan a two-step task on its own, so a
-second small middleware spells the plan out through ``tool_choice``: first a call to
-``get_weather``, then to ``add_reminder``, then a text answer. The model fills in every
-argument (decoded under a grammar built from the tools' schemas) and writes the answer.
+the agent's runtime context. The tools are bound with tool_choice "auto": a relevance gate
+compares the request with each tool and calls the closest one that reaches the threshold
+and was not called yet for this request (here ``get_weather``, then ``add_reminder``),
+then answers in text. The model fills in every argument (decoded under a grammar built
+from the tools' schemas) and writes the answer.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from langchain.agents import create_agent
-from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
@@ -40,7 +38,6 @@ USERS = {
     ],
 }
 REQUEST = "What is the weather in Lyon on Saturday? Then add a reminder for my Saturday plan."
-PLAN = ("get_weather", "add_reminder")
 
 
 class WeatherArgs(BaseModel):
@@ -71,17 +68,6 @@ class UserContext:
     user_id: str
 
 
-class FollowPlan(AgentMiddleware[Any, Any]):
-    """Requires a call to each tool of ``PLAN`` in turn, then a text answer."""
-
-    def wrap_model_call(
-        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
-    ) -> ModelResponse:
-        called = {m.name for m in request.messages if isinstance(m, ToolMessage)}
-        next_tool = next((name for name in PLAN if name not in called), None)
-        return handler(request.override(tool_choice=next_tool or "none"))
-
-
 def run(store_url: str) -> dict[str, list[str]]:
     model = CurpChatModel(store_url=store_url, max_tokens=128)
     for user_id, items in USERS.items():
@@ -90,7 +76,7 @@ def run(store_url: str) -> dict[str, list[str]]:
         model,
         tools=[get_weather, add_reminder],
         context_schema=UserContext,
-        middleware=[CurpUserMiddleware(), FollowPlan()],
+        middleware=[CurpUserMiddleware()],
     )
     transcript: dict[str, list[str]] = {}
     for user_id in USERS:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.structured_output import ProviderStrategy, ToolStrategy
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -115,6 +115,31 @@ def test_create_agent_calls_tools_for_the_user_in_its_context(model: CurpChatMod
     for message in replies:
         for call in message.tool_calls:
             assert call["name"] in ("add_numbers", "get_weather")
+
+
+def test_create_agent_with_auto_calls_the_tool_once_then_answers(model: CurpChatModel) -> None:
+    agent = create_agent(
+        model,
+        tools=[add_numbers, get_weather],  # tool_choice "auto": the model decides
+        context_schema=UserContext,
+        middleware=[CurpUserMiddleware()],
+    )
+    result = agent.invoke(
+        {"messages": [("user", "What is the weather in Paris right now?")]},
+        context=UserContext(user_id="alice"),
+    )
+    replies = [m for m in result["messages"] if isinstance(m, AIMessage)]
+    assert len(replies) == 2, result["messages"]
+    (call,) = replies[0].tool_calls
+    assert call["name"] == "get_weather"
+    arguments = get_weather.args_schema.model_validate(call["args"])  # type: ignore[union-attr]
+    assert arguments.city.strip()  # type: ignore[attr-defined]
+    (result_message,) = [m for m in result["messages"] if isinstance(m, ToolMessage)]
+    assert result_message.content.startswith("Sunny in")
+    final = replies[1]
+    assert not final.tool_calls and not final.invalid_tool_calls
+    assert isinstance(final.content, str) and final.content.strip()
+    assert final.response_metadata["tool_gate"]["call"] is None
 
 
 def test_the_middleware_can_require_a_user(model: CurpChatModel) -> None:

@@ -46,14 +46,6 @@ class TestCurpChatModelIntegration(ChatModelIntegrationTests):
         return False
 
     @pytest.mark.xfail(
-        reason="tool_choice='auto': SmolLM2-135M answers this weather request in text "
-        "instead of calling the tool (the first-token choice; see docs/benchmarks.md)",
-        strict=False,
-    )
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        super().test_agent_loop(model)
-
-    @pytest.mark.xfail(
         reason="tool_choice='auto': SmolLM2-135M answers the unicode request in text "
         "instead of calling the tool",
         strict=False,

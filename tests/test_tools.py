@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from curp_chain import CurpChatModel
 from curp_chain.errors import CurpError
 from curp_chain.prompt import ChatTurn, ToolCallTurn, render_chat
+from curp_chain.tool_gate import decide
 from curp_chain.tools import resolve_tool_choice, tool_specs
 
 HISTORY = ["Sunrise trail run: 18 km.", "Marathon week 12, long run 32 km."]
@@ -157,19 +158,65 @@ def test_enums_and_required_fields_hold_in_a_call(model: CurpChatModel) -> None:
 
 def test_auto_chooses_between_a_call_and_text(model: CurpChatModel) -> None:
     bound = model.bind_tools(TOOLS)
-    for question in ("What is 17 plus 25? Use the add_numbers tool.", "Say hello."):
+    cases = (("What is 17 plus 25? Use the add_numbers tool.", "add_numbers"), ("Say hello.", None))
+    for question, expected in cases:
         message = bound.invoke(question)
-        if message.tool_calls:
-            assert_valid_call(message, {s.name for s in tool_specs(TOOLS)})
+        gate = message.response_metadata["tool_gate"]
+        assert gate["call"] == expected and set(gate["scores"]) == {
+            s.name for s in tool_specs(TOOLS)
+        }
+        if expected is not None:
+            assert assert_valid_call(message, {expected})["name"] == expected
             assert message.content == ""
         else:
             assert isinstance(message.content, str) and message.content
             assert not message.content.startswith("{") and not message.invalid_tool_calls
+            assert not message.tool_calls
         streamed = merged(list(bound.stream(question)))
         assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [
             (c["name"], c["args"]) for c in message.tool_calls
         ]
         assert streamed.content == message.content
+
+
+def test_auto_answers_in_text_once_the_tool_was_called(model: CurpChatModel) -> None:
+    bound = model.bind_tools([add_numbers])
+    question = HumanMessage("What is 17 plus 25?")
+    call = bound.invoke([question])
+    assert assert_valid_call(call, {"add_numbers"})
+    result = add_numbers.invoke(call.tool_calls[0])
+    answer = bound.invoke([question, call, result])
+    assert not answer.tool_calls and not answer.invalid_tool_calls
+    assert isinstance(answer.content, str) and answer.content.strip()
+    assert answer.response_metadata["tool_gate"]["call"] is None
+    assert "already called" in answer.response_metadata["tool_gate"]["reason"]
+
+
+def test_the_threshold_bounds_auto(model: CurpChatModel) -> None:
+    question = "What is 17 plus 25?"
+    never = model.model_copy(update={"auto_tool_threshold": 1.0}).bind_tools([add_numbers])
+    assert not never.invoke(question).tool_calls
+    always = model.model_copy(update={"auto_tool_threshold": -1.0}).bind_tools([book_table])
+    assert assert_valid_call(always.invoke(question), {"book_table"})
+
+
+def test_the_gate_offers_each_tool_once_per_request(encoder) -> None:  # type: ignore[no-untyped-def]
+    specs = tool_specs(TOOLS)
+    asked = [ChatTurn("user", "Book a table for four at Chez Anna.")]
+    first = decide(asked, specs, encoder.encode, 0.24)
+    assert first.call == "book_table" and first.scores["book_table"] == max(first.scores.values())
+    called = ToolCallTurn("book_table", {"restaurant": "Chez Anna", "people": 4}, "call_1")
+    answered = [
+        *asked,
+        ChatTurn("assistant", "", tool_calls=(called,)),
+        ChatTurn("tool", "booked", tool_call_id="call_1", name="book_table"),
+    ]
+    again = decide(answered, specs, encoder.encode, 0.24)
+    assert again.call != "book_table" and "book_table" not in again.scores
+    # A new request offers every tool again.
+    new = decide([*answered, ChatTurn("user", "Say hello.")], specs, encoder.encode, 0.24)
+    assert new.call is None and set(new.scores) == {s.name for s in specs}
+    assert decide([ChatTurn("system", "Hi")], specs, encoder.encode, 0.24).call is None
 
 
 def test_tool_choice_none_replies_in_text(model: CurpChatModel) -> None:
@@ -200,7 +247,7 @@ def test_earlier_calls_and_results_reach_the_prompt(model: CurpChatModel) -> Non
         ),
         ToolMessage("42", tool_call_id="call_1"),
     ]
-    request = model._prepare(messages, None, {"tools": [TIME_TOOL]})
+    request = model._prepare(messages, None, {"tools": [TIME_TOOL], "tool_choice": "any"})
     text = request.prompt.before + request.prompt.after
     assert '{"name": "add_numbers", "arguments": {"a": 17, "b": 25}, "id": "call_1"}' in text
     assert "<|im_start|>tool\nadd_numbers (call call_1) returned: 42<|im_end|>" in text
