@@ -187,22 +187,31 @@ class SQLHistoryStore:
         user_id = validation.check_user_id(user_id)
         version = validation.check_codebook_version(codebook_version)
         limit = validation.check_limit(limit)
-        joined = select(HistoryItemRow, ItemCodesRow.codes).outerjoin(
+        # Runs on every request: only ids and code blobs, as plain rows (no ORM objects, no
+        # text or JSON metadata). Whole items are read only for those lacking codes.
+        joined = select(HistoryItemRow.id, ItemCodesRow.codes).outerjoin(
             ItemCodesRow,
             and_(
                 ItemCodesRow.item_id == HistoryItemRow.id,
                 ItemCodesRow.codebook_version == version,
             ),
         )
-        encoded: list[ItemCodes] = []
-        stale: list[HistoryItem] = []
         with self._transaction("get_codes") as session:
-            for row, blob in session.execute(_newest(joined, user_id, limit)):
-                if blob is None:
-                    stale.append(_item(row))
-                else:
-                    encoded.append(ItemCodes(row.id, unpack_codes(blob)))
+            rows = session.execute(_newest(joined, user_id, limit)).all()
+            encoded = [
+                ItemCodes(item_id, unpack_codes(blob)) for item_id, blob in rows if blob is not None
+            ]
+            missing = [item_id for item_id, blob in rows if blob is None]
+            stale = self._items_by_id(session, missing) if missing else []
         return UserCodes(encoded=encoded, stale=stale)
+
+    def _items_by_id(self, session: Session, ids: list[int]) -> list[HistoryItem]:
+        """Items with these ids, in the order given."""
+        found: dict[int, HistoryItem] = {}
+        for chunk in _chunks(ids):
+            query = select(HistoryItemRow).where(HistoryItemRow.id.in_(chunk))
+            found.update((row.id, _item(row)) for row in session.scalars(query))
+        return [found[item_id] for item_id in ids]
 
     def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> set[int]:
         """Cache codes for existing items, replacing any for the same codebook version.
