@@ -3,10 +3,11 @@
 Each user's items are stored with codes already made (as after ingest), in a SQLite file.
 Per request, ``Personalizer.personalize`` reads the newest ``max_history_items`` codes
 (24 for the bundled checkpoint), embeds the query (the query-aware soft token) and runs
-the CURP user model. Reported: p50/p99 of the whole call and of its parts, timed
-separately, and of the user model over *all* of a user's codes (what a checkpoint with no
-item cap would cost). Queries rotate through distinct texts, so nothing keyed on the
-query text can serve a repeat.
+the CURP user model (its folded serving form, `curp_chain.folded`). Reported: p50/p99 of
+the whole call and of its parts, timed separately; the same capped codes through the
+`CurpUserModel` module, for comparison; and the user model over *all* of a user's codes
+(what a checkpoint with no item cap would cost). Queries rotate through distinct texts,
+so nothing keyed on the query text can serve a repeat.
 
     python benchmarks/personalization.py --sizes 10 100 1000 10000 --requests 200
 """
@@ -64,21 +65,26 @@ def measure_size(
     texts = [f"history item {i} of {user}" for i in range(size)]
     store.add_items(user, texts, codes.tolist(), version)
     query_vector = personalizer.item_vectors([QUERIES[0]])
+    folded = personalizer.folded
 
-    def model_over(rows: np.ndarray) -> None:
+    def module_over(rows: np.ndarray) -> None:
         with torch.inference_mode():
             tensor = torch.as_tensor(rows)[None]
             mask = torch.ones(tensor.shape[:2], dtype=torch.bool)
             user_model(tensor, mask, query_vector)
 
-    capped = codes[: config.max_history_items]
+    capped = torch.as_tensor(codes[: config.max_history_items])
+    every = torch.as_tensor(codes)
+    limit = config.max_history_items
     return [
         percentiles(lambda q: personalizer.personalize(user, q), requests),
-        percentiles(lambda q: store.get_codes(user, version, config.max_history_items), requests),
+        percentiles(lambda q: store.get_codes(user, version, limit), requests),
         percentiles(lambda q: personalizer.item_vectors([q]), requests),
-        percentiles(lambda q: model_over(capped), requests),
+        percentiles(lambda q: folded.soft_tokens(capped, query_vector[0]), requests),
+        percentiles(lambda q: module_over(codes[:limit]), requests),
         percentiles(
-            lambda q: model_over(codes), requests if size <= 1000 else max(20, requests // 10)
+            lambda q: folded.soft_tokens(every, query_vector[0]),
+            requests if size <= 1000 else max(20, requests // 10),
         ),
     ]
 
@@ -101,9 +107,9 @@ def main() -> None:
     )
     print(
         "| items | personalize (total) | store read | query embed | user model (capped) "
-        "| user model (all items) |"
+        "| CurpUserModel module (capped) | user model (all items) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         store = SQLHistoryStore(f"sqlite:///{folder}/history.sqlite")
         store.setup()
