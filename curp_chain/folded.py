@@ -30,11 +30,14 @@ class _FoldedPool:
             raise ValueError("folding needs nn.MultiheadAttention with its default layout")
         self.heads = attention.num_heads
         self.scale = 1.0 / math.sqrt(d // self.heads)
-        self.q_weight, self.k_weight, self.v_weight = weight.split(d)
-        self.q_bias, self.k_bias, self.v_bias = bias.split(d)
-        self.out_weight = attention.out_proj.weight
-        self.out_bias = attention.out_proj.bias
-        self.norm = pool.norm
+        # Clones: a snapshot of the weights, not views that later training would move.
+        self.q_weight, self.k_weight, self.v_weight = weight.detach().clone().split(d)
+        self.q_bias, self.k_bias, self.v_bias = bias.detach().clone().split(d)
+        self.out_weight = attention.out_proj.weight.detach().clone()
+        self.out_bias = attention.out_proj.bias.detach().clone()
+        norm = pool.norm
+        self.norm_shape, self.norm_eps = norm.normalized_shape, norm.eps
+        self.norm_weight, self.norm_bias = norm.weight.detach().clone(), norm.bias.detach().clone()
 
     def attend(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """queries (Q, d) already projected, keys and values (N, d) -> normed readout (Q, d)."""
@@ -45,12 +48,14 @@ class _FoldedPool:
         weights = torch.softmax((q * self.scale) @ k.transpose(1, 2), dim=-1)  # (h, Q, N)
         pooled = (weights @ v).transpose(0, 1).flatten(1)  # (Q, d)
         pooled = F.linear(pooled, self.out_weight, self.out_bias)
-        return F.layer_norm(pooled, self.norm.normalized_shape, self.norm.weight, self.norm.bias)
+        return F.layer_norm(
+            pooled, self.norm_shape, self.norm_weight, self.norm_bias, self.norm_eps
+        )
 
 
 class FoldedUserModel:
     """Soft tokens of one user from codes, equal (to float rounding) to `CurpUserModel`'s
-    in eval mode. Built from a frozen model: later changes to it are not seen."""
+    in eval mode. A snapshot of the model's weights: later changes to it are not seen."""
 
     @torch.no_grad()
     def __init__(self, model: CurpUserModel):
@@ -85,8 +90,8 @@ class FoldedUserModel:
         first, last = projector.mlp[0], projector.mlp[2]
         if not isinstance(first, nn.Linear) or not isinstance(last, nn.Linear):
             raise ValueError("folding needs the projector's Linear-GELU-Linear offset")
-        self.hidden: tuple[Tensor, Tensor] = (first.weight, first.bias)
-        self.out: tuple[Tensor, Tensor] = (last.weight, last.bias)
+        self.hidden = (first.weight.detach().clone(), first.bias.detach().clone())
+        self.out = (last.weight.detach().clone(), last.bias.detach().clone())
         self.base = projector.base - projector.offset_mean  # eval mode centres on the mean
 
     @torch.inference_mode()

@@ -428,7 +428,8 @@ _CODES = _ALL_CODES.limit(bindparam("limit"))
 
 
 def _items_by_id(connection: Connection, ids: list[int]) -> list[HistoryItem]:
-    """Items with these ids, in the order given."""
+    """Items with these ids, in the order given, leaving out any deleted meanwhile (on
+    PostgreSQL each statement of a READ COMMITTED transaction sees its own snapshot)."""
     found: dict[int, HistoryItem] = {}
     for chunk in _chunks(ids):
         query = select(*HistoryItemRow.__table__.columns).where(HistoryItemRow.id.in_(chunk))
@@ -441,7 +442,7 @@ def _items_by_id(connection: Connection, ids: list[int]) -> list[HistoryItem]:
                 created_at=as_utc(row["created_at"]),
                 metadata=row["metadata"],
             )
-    return [found[item_id] for item_id in ids]
+    return [found[item_id] for item_id in ids if item_id in found]
 
 
 @contextmanager
