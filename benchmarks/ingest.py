@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--torch-threads", type=int, default=1)
     args = parser.parse_args()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     torch.set_num_threads(args.torch_threads)
     texts = tweets(args.data, args.items)
     user_model = load_checkpoint(str(DEFAULT_CHECKPOINT))
@@ -81,6 +83,7 @@ def main() -> None:
     print(f"add_history: {total:.2f} s, {n / total:.0f} items/s")
     for name, seconds in stages.items():
         print(f"  {name}: {seconds:.2f} s ({n / seconds:.0f} items/s alone)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -79,31 +79,42 @@ class SentenceEncoder:
         assert self._model is not None
         return int(self._model.config.hidden_size)
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
         """(len(texts), D) float32 unit vectors, on CPU; a progress bar when asked."""
         self._load()
-        assert self._model is not None and self._tokenizer is not None
         # Batches of similar lengths: a batch is padded to its longest text, so sorting
         # saves the work spent on padding (the output keeps the input order).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         outputs = []
         starts = range(0, len(texts), self.batch_size)
         for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress):
-            batch = [texts[i] for i in order[start : start + self.batch_size]]
-            inputs = self._tokenizer(
-                batch,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self._model(**inputs).last_hidden_state  # (B, L, D)
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            outputs.append(F.normalize(pooled, dim=-1).float().cpu())
+            outputs.append(
+                self._encode_batch([texts[i] for i in order[start : start + self.batch_size]])
+            )
         if not outputs:
             return torch.zeros(0, self.dim)
+        if len(outputs) == 1 and len(texts) == 1:
+            return outputs[0].clone()
+        # Assembled outside inference mode: callers may train on the result.
         vectors = torch.empty(len(texts), outputs[0].shape[1])
         vectors[torch.tensor(order)] = torch.cat(outputs)
         return vectors
+
+    @torch.inference_mode()
+    def _encode_batch(self, batch: list[str]) -> torch.Tensor:
+        """(len(batch), D) unit vectors, an inference tensor (no autograd bookkeeping)."""
+        assert self._model is not None and self._tokenizer is not None
+        inputs = self._tokenizer(
+            batch,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        hidden = self._model(**inputs).last_hidden_state  # (B, L, D)
+        if len(batch) == 1:  # no padding to mask out
+            pooled = hidden.mean(1)
+        else:
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return F.normalize(pooled, dim=-1).float().cpu()

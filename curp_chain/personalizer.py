@@ -16,6 +16,7 @@ import torch
 
 from curp_chain.encoder import SentenceEncoder
 from curp_chain.errors import CheckpointError, CurpError
+from curp_chain.folded import FoldedUserModel
 from curp_chain.history import (
     HistoryItem,
     ItemCodes,
@@ -71,6 +72,8 @@ class Personalizer:
         store: HistoryStore | None = None,
     ):
         self.user_model = user_model.eval()
+        # The per-request path: the same function as user_model, without its overhead.
+        self.folded = FoldedUserModel(self.user_model)
         self.encoder = encoder
         self._store = store
         self.codebook_version = user_model.quantizer.version(user_model.config.item_encoder_id)
@@ -81,7 +84,7 @@ class Personalizer:
             raise CurpError("this Personalizer has no history store; pass one to store histories")
         return self._store
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_codes(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """(N, M) int codes of texts, through the frozen encoder and the codebook."""
         vectors = self.item_vectors(texts, progress=progress)
@@ -126,16 +129,15 @@ class Personalizer:
             encoded += [ItemCodes(i, tuple(c)) for i, c in mapping.items() if i in saved]
         return encoded
 
-    @torch.no_grad()
     def soft_tokens_from_codes(
         self, codes: Sequence[Sequence[int]], query: str, *, use_query_token: bool = True
     ) -> SoftVectors:
         """Soft tokens (T, H) from item codes (N, M) and the current query."""
-        codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None]  # (1, N, M)
-        mask = torch.ones(codes_tensor.shape[:2], dtype=torch.bool)
-        query_vector = self.item_vectors([query]) if self.user_model.config.query_aware else None
-        soft = self.user_model(codes_tensor, mask, query_vector, use_query_token=use_query_token)
-        return check_soft_tokens(soft[0].float().numpy())
+        codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))  # (N, M)
+        needs_query = self.user_model.config.query_aware and use_query_token
+        query_vector = self.item_vectors([query])[0] if needs_query else None
+        soft = self.folded.soft_tokens(codes_tensor, query_vector, use_query_token=use_query_token)
+        return check_soft_tokens(soft.numpy())
 
     def personalize(self, user_id: str | None, query: str) -> Personalization:
         """Soft tokens for ``user_id`` answering ``query``; none (with a reason) when the

@@ -16,3 +16,11 @@ def test_length_sorted_batches_keep_the_input_order(encoder) -> None:  # type: i
     assert together.shape == (4, 384)
     assert torch.allclose(together, alone, atol=1e-4)
     assert not torch.allclose(together[0], together[1], atol=1e-2)
+
+
+def test_vectors_can_feed_training(encoder) -> None:  # type: ignore[no-untyped-def]
+    """The encoder runs in inference mode, but what it returns is an ordinary tensor."""
+    weight = torch.ones(384, requires_grad=True)
+    for texts in (["one text"], ["two", "texts"]):
+        (encoder.encode(texts) @ weight).sum().backward()
+    assert weight.grad is not None

@@ -262,6 +262,17 @@ def test_save_codes_many_items(store: SQLHistoryStore) -> None:
     assert all(c.codes == (c.item_id % 65536, 1) for c in codes.encoded)
 
 
+def test_get_codes_returns_whole_stale_items_newest_first(store: SQLHistoryStore) -> None:
+    items = store.add_items(
+        "ana", [NewHistoryItem(f"item {i}", kind="post", metadata={"n": i}) for i in range(1200)]
+    )
+    store.save_codes({items[5].id: [1, 2]}, "v1")
+    codes = store.get_codes("ana", "v1")
+    assert codes.encoded == [ItemCodes(items[5].id, (1, 2))]
+    expected = [item for item in reversed(items) if item.id != items[5].id]
+    assert codes.stale == expected  # ids, texts, kinds, times (UTC) and metadata
+
+
 @pytest.mark.parametrize(
     ("codes", "version", "message"),
     [

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, TypeVarTuple
 
-from sqlalchemy import Engine, Select, and_, delete, func, inspect, select
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, delete, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -200,21 +200,18 @@ class SQLHistoryStore:
         user_id = validation.check_user_id(user_id)
         version = validation.check_codebook_version(codebook_version)
         limit = validation.check_limit(limit)
-        joined = select(HistoryItemRow, ItemCodesRow.codes).outerjoin(
-            ItemCodesRow,
-            and_(
-                ItemCodesRow.item_id == HistoryItemRow.id,
-                ItemCodesRow.codebook_version == version,
-            ),
-        )
-        encoded: list[ItemCodes] = []
-        stale: list[HistoryItem] = []
-        with self._transaction("get_codes") as session:
-            for row, blob in session.execute(_newest(joined, user_id, limit)):
-                if blob is None:
-                    stale.append(_item(row))
-                else:
-                    encoded.append(ItemCodes(row.id, unpack_codes(blob)))
+        # Runs on every request: only ids and code blobs, as plain rows (no ORM objects, no
+        # text or JSON metadata). Whole items are read only for those lacking codes.
+        query, params = _CODES, {"user_id": user_id, "version": version, "limit": limit}
+        if limit is None:
+            query, params = _ALL_CODES, {"user_id": user_id, "version": version}
+        with self._plain_read("get_codes") as connection:
+            rows = connection.execute(query, params).all()
+            encoded = [
+                ItemCodes(item_id, unpack_codes(blob)) for item_id, blob in rows if blob is not None
+            ]
+            missing = [item_id for item_id, blob in rows if blob is None]
+            stale = _items_by_id(connection, missing) if missing else []
         return UserCodes(encoded=encoded, stale=stale)
 
     def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> set[int]:
@@ -327,19 +324,29 @@ class SQLHistoryStore:
         factory = self._write if write else self._read
         try:
             with self._one_at_a_time, _begin(factory) as session:
-                self._check_schema(session)
+                self._check_schema(session.connection())
                 yield session
         except SQLAlchemyError as exc:
             raise self._error(action, exc) from exc
 
-    def _check_schema(self, session: Session) -> None:
+    @contextmanager
+    def _plain_read(self, action: str) -> Iterator[Connection]:
+        """A plain connection in a read transaction, for the read every request makes: an
+        ORM Session's bookkeeping there cost ten times the query itself on SQLite."""
+        try:
+            with self._one_at_a_time, _begin_read(self._engine) as connection:
+                self._check_schema(connection)
+                yield connection
+        except SQLAlchemyError as exc:
+            raise self._error(action, exc) from exc
+
+    def _check_schema(self, connection: Connection) -> None:
         """Once per store: tables exist at this version, else say what to do."""
         if self._schema_checked:
             return
-        connection = session.connection()
         found = None
         if inspect(connection).has_table(SchemaVersionRow.__tablename__):
-            found = session.scalar(select(SchemaVersionRow.version))
+            found = connection.scalar(select(SchemaVersionRow.version))
         if found is None:
             if inspect(connection).has_table(HistoryItemRow.__tablename__):
                 raise StoreError(
@@ -445,6 +452,59 @@ def _delete_items(session: Session, user_id: str, ids: list[int]) -> int:
             session.execute(delete(HistoryItemRow).where(HistoryItemRow.id.in_(found)))
         removed += len(found)
     return removed
+
+
+_ALL_CODES = (
+    select(HistoryItemRow.id, ItemCodesRow.codes)
+    .outerjoin(
+        ItemCodesRow,
+        and_(
+            ItemCodesRow.item_id == HistoryItemRow.id,
+            ItemCodesRow.codebook_version == bindparam("version"),
+        ),
+    )
+    .where(HistoryItemRow.user_id == bindparam("user_id"))
+    .order_by(HistoryItemRow.created_at.desc(), HistoryItemRow.id.desc())
+)
+_CODES = _ALL_CODES.limit(bindparam("limit"))
+"""The newest items' ids and codes (None where the version has none), built once."""
+
+
+def _items_by_id(connection: Connection, ids: list[int]) -> list[HistoryItem]:
+    """Items with these ids, in the order given, leaving out any deleted meanwhile (on
+    PostgreSQL each statement of a READ COMMITTED transaction sees its own snapshot)."""
+    found: dict[int, HistoryItem] = {}
+    for chunk in _chunks(ids):
+        query = select(*HistoryItemRow.__table__.columns).where(HistoryItemRow.id.in_(chunk))
+        for row in connection.execute(query).mappings():
+            found[row["id"]] = HistoryItem(
+                id=row["id"],
+                user_id=row["user_id"],
+                text=row["text"],
+                kind=row["kind"],
+                created_at=as_utc(row["created_at"]),
+                metadata=row["metadata"],
+            )
+    return [found[item_id] for item_id in ids if item_id in found]
+
+
+@contextmanager
+def _begin_read(engine: Engine) -> Iterator[Connection]:
+    """`_begin` for a plain connection: BEGIN, retrying a busy SQLite database."""
+    for attempt in range(BUSY_RETRIES + 1):
+        connection = engine.connect()
+        try:
+            transaction = connection.begin()
+        except OperationalError as exc:
+            connection.close()
+            if attempt == BUSY_RETRIES or not is_busy(exc):
+                raise
+            logger.info("history store busy; retrying in %.1f s", BUSY_BACKOFF_S * 2**attempt)
+            time.sleep(BUSY_BACKOFF_S * 2**attempt)
+            continue
+        with connection, transaction:
+            yield connection
+        return
 
 
 def _count(user_id: str) -> Select[int]:
