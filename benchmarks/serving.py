@@ -185,6 +185,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--users", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--slots", type=int, help="requests decoded at once; default max(--users)")
+    parser.add_argument("--workers", type=int, help="llama.cpp workers; default one per core")
+    parser.add_argument("--skip-single", action="store_true", help="only the concurrency part")
     parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
     parser.add_argument("--skip-concurrency", action="store_true")
     parser.add_argument("--plot", type=Path, help="write the concurrency plot (PNG) here")
@@ -194,16 +196,17 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)  # the encoder and the CURP user model
     people = json.loads((args.data / "questions.json").read_text())[:16]
     histories = {f"user{i}": [p["text"] for p in u["profile"]] for i, u in enumerate(people)}
-    backend = LlamaCppBackend(n_ctx=2048, n_threads=1, slots=args.slots)
+    backend = LlamaCppBackend(n_ctx=2048, n_threads=1, slots=args.slots, workers=args.workers)
     with tempfile.TemporaryDirectory() as folder:
         model = CurpChatModel(backend=backend, store_url=f"sqlite:///{folder}/h.sqlite")
         for user, items in histories.items():
             model.add_history(user, items)
         print(
-            f"llama.cpp 1 thread, torch {torch.get_num_threads()} threads, {args.slots} slots, "
-            f"{args.runs} runs, medians"
+            f"llama.cpp 1 thread, {backend.workers} workers, torch {torch.get_num_threads()} "
+            f"threads, {args.slots} slots, {args.runs} runs, medians"
         )
-        single_requests(model, histories, args)
+        if not args.skip_single:
+            single_requests(model, histories, args)
         if not args.skip_concurrency:
             rows = concurrency(model, list(histories), args)
             if args.plot:
