@@ -171,7 +171,7 @@ def plot_concurrency(rows: list[dict[str, float]], path: Path) -> None:
     right.set_ylim(bottom=0)
     right.set_title("latency per request")
     right.legend()
-    fig.suptitle("CurpChatModel on llama.cpp, SmolLM2-135M, 1 thread, batched decoding")
+    fig.suptitle("CurpChatModel on llama.cpp, SmolLM2-135M: workers of 1 thread, batched decoding")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
