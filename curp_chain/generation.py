@@ -203,6 +203,8 @@ def decode_steps(
             emitted, pending = ready, []
         if len(generated) < max_new_tokens:
             logits = yield from _fed(token)
+    if finish == "length" and text.endswith("\ufffd"):
+        text = text.rstrip("\ufffd")  # cut short inside a character: its rest never came
     usage = {
         "input_tokens": input_tokens,
         "output_tokens": len(generated),

@@ -8,9 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curp_chain.errors import CurpError, InvalidGenerationParamsError
-from curp_chain.generation import TokenSampler, banned_by_ngrams, find_stop, token_logprob
+from curp_chain.generation import (
+    Feed,
+    TokenSampler,
+    banned_by_ngrams,
+    decode_steps,
+    find_stop,
+    token_logprob,
+)
 from curp_chain.prompt import SOFT_MARKER, ChatTurn, build_soft_prompt, render_chat
-from curp_chain.protocols import GenerationParams
+from curp_chain.protocols import GenerationChunk, GenerationParams
 from curp_chain.structured import with_format_instruction
 
 CHATML = (
@@ -119,3 +126,33 @@ def test_the_format_instruction_joins_the_system_message() -> None:
     )
     added = with_format_instruction([ChatTurn("user", "q")], schema)
     assert [t.role for t in added] == ["system", "user"]
+
+
+def test_a_reply_cut_short_inside_a_character_ends_before_it() -> None:
+    # A byte-level vocabulary: token i is byte i, so "é" takes two tokens (0xC3, 0xA9).
+    reply = "café".encode()
+    logits = [np.where(np.arange(256) == b, 1.0, 0.0).astype(np.float32) for b in reply]
+
+    def run(max_tokens: int) -> list[GenerationChunk]:
+        steps = decode_steps(
+            logits[0],
+            lambda ids: bytes(ids).decode("utf-8", errors="replace"),
+            lambda _token: False,
+            GenerationParams(max_tokens=max_tokens, no_repeat_ngram_size=0),
+            max_new_tokens=max_tokens,
+            input_tokens=1,
+            soft_tokens=0,
+        )
+        chunks, fed = [], 0
+        for step in steps:
+            if isinstance(step, Feed):
+                fed += 1
+                step.logits = logits[fed]
+            else:
+                chunks.append(step)
+        return chunks
+
+    assert "".join(c.text for c in run(5)) == "café"
+    cut = run(4)  # the last token is the first byte of "é"
+    assert "".join(c.text for c in cut) == "caf"
+    assert cut[-1].finish_reason == "length"
