@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from types import TracebackType
@@ -412,21 +412,36 @@ def _begin(factory: sessionmaker[Session]) -> Iterator[Session]:
     then again after a backoff, up to `BUSY_RETRIES` times (about 45 s in all). Nothing has
     been done in the transaction yet, so a retry repeats nothing.
     """
+    session, transaction = _open_begun(factory, _begin_session)
+    with session, transaction:
+        yield session
+
+
+def _begin_session(session: Session) -> Any:
+    transaction = session.begin()
+    session.connection()  # a session begins lazily: this runs BEGIN now
+    return transaction
+
+
+Handle = TypeVar("Handle", Session, Connection)
+
+
+def _open_begun(
+    open_handle: Callable[[], Handle], begin: Callable[[Handle], Any]
+) -> tuple[Handle, Any]:
+    """A new handle and the transaction ``begin`` began on it, retrying a busy SQLite
+    database with backoff (see `_begin`); the handle of a failed attempt is closed."""
     for attempt in range(BUSY_RETRIES + 1):
-        session = factory()
+        handle = open_handle()
         try:
-            transaction = session.begin()
-            session.connection()
+            return handle, begin(handle)
         except OperationalError as exc:
-            session.close()
+            handle.close()
             if attempt == BUSY_RETRIES or not is_busy(exc):
                 raise
             logger.info("history store busy; retrying in %.1f s", BUSY_BACKOFF_S * 2**attempt)
             time.sleep(BUSY_BACKOFF_S * 2**attempt)
-            continue
-        with session, transaction:
-            yield session
-        return
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _newest(query: Select[*Row], user_id: str, limit: int | None) -> Select[*Row]:
@@ -491,20 +506,9 @@ def _items_by_id(connection: Connection, ids: list[int]) -> list[HistoryItem]:
 @contextmanager
 def _begin_read(engine: Engine) -> Iterator[Connection]:
     """`_begin` for a plain connection: BEGIN, retrying a busy SQLite database."""
-    for attempt in range(BUSY_RETRIES + 1):
-        connection = engine.connect()
-        try:
-            transaction = connection.begin()
-        except OperationalError as exc:
-            connection.close()
-            if attempt == BUSY_RETRIES or not is_busy(exc):
-                raise
-            logger.info("history store busy; retrying in %.1f s", BUSY_BACKOFF_S * 2**attempt)
-            time.sleep(BUSY_BACKOFF_S * 2**attempt)
-            continue
-        with connection, transaction:
-            yield connection
-        return
+    connection, transaction = _open_begun(engine.connect, Connection.begin)
+    with connection, transaction:
+        yield connection
 
 
 def _count(user_id: str) -> Select[int]:
