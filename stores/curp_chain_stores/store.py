@@ -378,6 +378,11 @@ class SQLHistoryStore:
             # then sees the row gone. SQLite writers never overlap (BEGIN IMMEDIATE).
             if session.scalar(held) is not None:
                 return
+            if session.get_bind().dialect.name == "postgresql":
+                # Lost a race with a delete: an upsert that updates is atomic there (it
+                # inserts, or updates and so locks the row), however often deletes repeat.
+                _upsert_and_lock_user(session, user_id, now)
+                return
         raise StoreError(
             f"add_items: user {user_id!r} was deleted {_USER_ATTEMPTS} times while being "
             "written; nothing stored"
@@ -401,6 +406,16 @@ class SQLHistoryStore:
         reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
         summary = reason.splitlines()[0] if reason else type(exc).__name__
         return StoreError(f"{action} failed on {self._url}: {summary}")
+
+
+def _upsert_and_lock_user(session: Session, user_id: str, now: datetime) -> None:
+    """Insert the user row, or touch it and so hold its row lock until the transaction ends."""
+    upsert = postgresql.insert(UserRow).values(id=user_id, created_at=now)
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[UserRow.id], set_={"created_at": UserRow.created_at}
+        )
+    )
 
 
 @contextmanager
