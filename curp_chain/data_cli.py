@@ -47,6 +47,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mix(args: argparse.Namespace) -> int:
+    from curp_chain.datasets import (
+        DataFormatError,
+        read_examples,
+        read_histories,
+        write_examples,
+        write_histories,
+    )
+    from curp_chain.training.mixing import MixSource, mix_examples
+
+    sources = []
+    for folder in args.sources:
+        path = Path(folder)
+        examples = read_examples(path / EXAMPLES_FILE)
+        histories = read_histories(path / HISTORIES_FILE)
+        sources.append(MixSource(str(path), examples, histories))
+    try:
+        examples, histories = mix_examples(
+            sources, per_user=args.per_user, per_source=args.per_source, seed=args.seed
+        )
+    except ValueError as exc:
+        raise DataFormatError(str(exc)) from exc
+    out = Path(args.out)
+    write_examples(out / EXAMPLES_FILE, examples)
+    write_histories(out / HISTORIES_FILE, histories)
+    users = len({e.user_id for e in examples})
+    print(f"{len(examples)} examples of {users} users, {len(histories)} histories in {out}")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``data export`` and ``data check`` to the ``curp`` subcommands."""
     from curp_chain.tasks import TASKS
@@ -89,6 +119,24 @@ def register(subparsers: Any) -> None:
         help="lamp7 train only: the seed of the PAN user split (default 0)",
     )
     export.set_defaults(func=cmd_export)
+    mix = commands.add_parser(
+        "mix",
+        help="combine exported folders into one training set",
+        description="Read several folders of examples.jsonl + histories.jsonl (e.g. from "
+        "`curp data export`), keep at most --per-user examples of each user and --per-source "
+        "of each folder (a seeded sample), shuffle them together and write one folder. User "
+        "ids must not repeat across folders (the task adapters prefix them).",
+    )
+    mix.add_argument("sources", nargs="+", help="folders to combine")
+    mix.add_argument("--out", required=True, help="folder to write the two files into")
+    mix.add_argument(
+        "--per-user", type=int, default=None, help="examples kept per user (default: all)"
+    )
+    mix.add_argument(
+        "--per-source", type=int, default=None, help="examples kept per folder (default: all)"
+    )
+    mix.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    mix.set_defaults(func=cmd_mix)
     check = commands.add_parser(
         "check",
         help="validate an examples file and a histories file (or store URL)",

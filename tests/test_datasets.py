@@ -311,3 +311,40 @@ def test_the_shared_data_exports(tmp_path: Path) -> None:
     # The README's counts: 300 LaMP-7 users, 495 Reddit and 10 AESLC dev authors.
     assert (counts["lamp7"], counts["reddit"], counts["aeslc"]) == (300, 495, 10)
     assert 20 < counts["personachat"] < 595
+
+
+def _folder(path: Path, users: dict[str, int]) -> Path:
+    examples = [
+        _example(user, f"{user} reply {n}") for user, count in users.items() for n in range(count)
+    ]
+    write_examples(path / "examples.jsonl", examples)
+    write_histories(path / "histories.jsonl", {u: [ItemRecord(text=f"{u} note")] for u in users})
+    return path
+
+
+def test_mix_caps_users_and_sources_and_keeps_their_histories(tmp_path: Path) -> None:
+    tweets = _folder(tmp_path / "tweets", {"t:ana": 9, "t:bo": 2})
+    emails = _folder(tmp_path / "emails", {"e:kay": 40, "e:lu": 3, "e:mo": 3})
+    out = tmp_path / "mix"
+    args = ["data", "mix", str(tweets), str(emails), "--out", str(out), "--per-user", "4"]
+    assert curp_main([*args, "--per-source", "6"]) == 0
+    mixed = read_examples(out / "examples.jsonl")
+    users = [e.user_id for e in mixed]
+    # tweets: 4 of ana's 9 and both of bo's; emails: 4 + 3 + 3, then 6 of the folder.
+    assert sum(u.startswith("t:") for u in users) == 6
+    assert sum(u.startswith("e:") for u in users) == 6
+    assert max(users.count(u) for u in set(users)) <= 4
+    assert set(read_histories(out / "histories.jsonl")) == set(users)
+    # Seeded: the same command writes the same file.
+    first = (out / "examples.jsonl").read_text()
+    assert curp_main([*args, "--per-source", "6"]) == 0
+    assert (out / "examples.jsonl").read_text() == first
+
+
+def test_mix_refuses_a_user_in_two_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = _folder(tmp_path / "one", {"ana": 2})
+    two = _folder(tmp_path / "two", {"ana": 2})
+    assert curp_main(["data", "mix", str(one), str(two), "--out", str(tmp_path / "m")]) == 2
+    assert "'ana' is also in an earlier folder" in capsys.readouterr().err
