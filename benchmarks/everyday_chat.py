@@ -56,6 +56,7 @@ def build_model(args: argparse.Namespace, users: dict[str, list[str]]) -> CurpCh
         history_store=open_store("sqlite://"),
         max_tokens=args.max_tokens,
         temperature=0.0,
+        checkpoint=args.checkpoint,
     )
     if args.no_default_system:
         model.default_system_message = None
@@ -177,6 +178,9 @@ def main() -> None:
     parser.add_argument("--requests", type=Path, default=HERE / "everyday_requests.json")
     parser.add_argument("--users", type=Path, default=HERE / "everyday_users.json")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument(
+        "--checkpoint", default=None, help="CURP checkpoint folder (default: the bundled one)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--limit", type=int, default=None, help="first N requests only")
     parser.add_argument("--user", action="append", help="only these users (repeatable)")
