@@ -5,14 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from curp_chain.datasets import ExampleRecord, Histories
 
 EXAMPLES_FILE = "examples.jsonl"
 HISTORIES_FILE = "histories.jsonl"
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _write_folder(out: Path, examples: list[ExampleRecord], histories: Histories) -> int:
+    """Write the two files of the generic format into ``out`` and say what was written."""
     from curp_chain.datasets import write_examples, write_histories
+
+    write_examples(out / EXAMPLES_FILE, examples)
+    write_histories(out / HISTORIES_FILE, histories)
+    users = len({e.user_id for e in examples})
+    print(f"{len(examples)} examples of {users} users, {len(histories)} histories in {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     from curp_chain.tasks import get_task
     from curp_chain.tasks.lamp7 import training_records
     from curp_chain.training.data import default_data_dir
@@ -23,12 +36,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         examples, histories = training_records(args.data, args.sources, seed=args.seed)
     else:
         examples, histories = task.records(args.data, args.split)
-    out = Path(args.out)
-    write_examples(out / EXAMPLES_FILE, examples)
-    write_histories(out / HISTORIES_FILE, histories)
-    users = len({e.user_id for e in examples})
-    print(f"{len(examples)} examples of {users} users, {len(histories)} histories in {out}")
-    return 0
+    return _write_folder(Path(args.out), examples, histories)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -48,13 +56,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    from curp_chain.datasets import (
-        DataFormatError,
-        read_examples,
-        read_histories,
-        write_examples,
-        write_histories,
-    )
+    from curp_chain.datasets import DataFormatError, read_examples, read_histories
     from curp_chain.training.mixing import MixSource, mix_examples
 
     sources = []
@@ -69,12 +71,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise DataFormatError(str(exc)) from exc
-    out = Path(args.out)
-    write_examples(out / EXAMPLES_FILE, examples)
-    write_histories(out / HISTORIES_FILE, histories)
-    users = len({e.user_id for e in examples})
-    print(f"{len(examples)} examples of {users} users, {len(histories)} histories in {out}")
-    return 0
+    return _write_folder(Path(args.out), examples, histories)
 
 
 def register(subparsers: Any) -> None:
