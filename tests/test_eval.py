@@ -21,7 +21,7 @@ from curp_chain.eval.lamp import LAMP7_INSTRUCTION, LampDataError, load_lamp, so
 from curp_chain.eval.methods import MethodSettings, Resources, bm25_ranking, parse_methods
 from curp_chain.eval.metrics import clean_reply, rouge
 from curp_chain.eval.report import markdown_table, paired_table, results_json
-from curp_chain.tasks import Lamp7Task, lamp7
+from curp_chain.tasks import Lamp7Task, Task, get_task, lamp7
 from curp_chain.training.initialize import write_untrained_checkpoint
 
 RESULT_KEYS = {"rouge1", "rougeL", "gold_nll", "prompt_tokens", "ttft_ms", "tokens_per_s", "n"}
@@ -101,6 +101,20 @@ def test_rouge_on_known_strings() -> None:
 )
 def test_clean_reply(reply: str, expected: str) -> None:
     assert clean_reply(reply) == expected
+
+
+def test_clean_reply_follows_the_task() -> None:
+    aeslc, reddit = get_task("aeslc"), get_task("reddit")
+
+    def cleaned(task: Task, text: str) -> str:
+        return clean_reply(text, label=task.reply_label, whole=task.whole_reply)
+
+    assert cleaned(aeslc, "Subject Line:\nQ3 budget review") == "Q3 budget review"
+    assert cleaned(aeslc, 'subject: "Lunch Friday"') == "Lunch Friday"
+    # Only a label at the start goes: a subject may name a subject.
+    assert cleaned(aeslc, "Re: subject: gas") == "Re: subject: gas"
+    assert cleaned(reddit, "Same here.\n\nCalc 3 was fine.") == "Same here. Calc 3 was fine."
+    assert cleaned(get_task("lamp7"), "Same here.\n\nCalc 3 was fine.") == "Same here."
 
 
 # --- data -------------------------------------------------------------------------------

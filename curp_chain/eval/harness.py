@@ -36,7 +36,7 @@ from curp_chain.eval.metrics import clean_reply, normalized, rouge
 from curp_chain.locations import curp_home
 from curp_chain.protocols import GenerationParams, SoftPrompt
 from curp_chain.scoring import collate, teacher_forced_example, token_losses
-from curp_chain.tasks import TASKS, TaskExample, get_task
+from curp_chain.tasks import TASKS, Task, TaskExample, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +147,10 @@ class Generation:
     finish_reason: str | None
 
 
-def scored(record: Record, example: TaskExample) -> Record:
+def scored(record: Record, example: TaskExample, task: Task) -> Record:
     """The record with its reply cleaned and scored again from ``raw_output``: cached results
     always follow the current clean-up and metrics."""
-    output = clean_reply(record.raw_output)
+    output = clean_reply(record.raw_output, label=task.reply_label, whole=task.whole_reply)
     scores = rouge(output, example.gold)
     return replace(
         record,
@@ -300,7 +300,7 @@ class Harness:
                 exact_copy=False, gold_nll=None, gold_tokens=0, prompt_tokens=0, soft_tokens=0,
                 base_prompt_tokens=0, output_tokens=0, ttft_ms=None, tokens_per_s=None,
                 finish_reason=None, peak_rss_mb=peak_rss_mb(),
-            ), example)  # fmt: skip
+            ), example, self.task)  # fmt: skip
         llm = self.resources.llm
         generation = generate(llm, prompt, self.params)
         nll, gold_tokens = (None, 0)
@@ -315,7 +315,7 @@ class Harness:
             output_tokens=generation.output_tokens, ttft_ms=generation.ttft_ms,
             tokens_per_s=generation.tokens_per_s, finish_reason=generation.finish_reason,
             peak_rss_mb=peak_rss_mb(),
-        ), example)  # fmt: skip
+        ), example, self.task)  # fmt: skip
 
     def _plan(self) -> Iterator[tuple[Method, Path, dict[tuple[str, str, str], Record]]]:
         for method in self.methods:
@@ -343,7 +343,7 @@ class Harness:
                         record = self.evaluate(method, example, prompt)
                         self.cache.append(path, record)
                         generated += 1
-                    rows.append(scored(record, example))
+                    rows.append(scored(record, example, self.task))
                     bar.update()
                 records[method.name] = rows
                 logger.info("%s: %d results (%s)", method.name, len(rows), path)

@@ -56,12 +56,20 @@ def _strip_quotes(text: str) -> str:
     return text
 
 
-def clean_reply(text: str) -> str:
+def clean_reply(text: str, *, label: str | None = None, whole: bool = False) -> str:
     """The reply as scored: preambles ("Here is the paraphrase:") removed, the first
-    non-empty line kept, surrounding quotes stripped. Applied to every method alike."""
+    non-empty line kept (every line with ``whole``), surrounding quotes stripped. Applied to
+    every method alike.
+
+    ``label`` is a regular expression for a label the task's replies may open with
+    ("Subject:" before a subject line); it is removed with its colon, case ignored.
+    """
     text = _PREAMBLE.sub("", text.strip(), count=1)
-    line = next((line for line in text.splitlines() if line.strip()), "")
-    return _strip_quotes(line)
+    if label:
+        text = re.sub(rf"^\s*(?:{label})\s*:\s*", "", text, count=1, flags=re.IGNORECASE)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    kept = " ".join(lines) if whole else next(iter(lines), "")
+    return _strip_quotes(kept)
 
 
 def normalized(text: str) -> str:

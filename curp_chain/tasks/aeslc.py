@@ -21,6 +21,7 @@ class AeslcTask(Task):
     description = "Enron emails: the subject line the sender wrote"
     system = "You write email subject lines. Reply with the subject line only, nothing else."
     instruction = "Write the subject line of this email:\n\n"
+    reply_label = r"(?:email )?subject(?: line)?"
     history_header = "Subject lines of earlier emails by this user:"
     history_footer = "Write the subject line in the same style as this user's subject lines."
     eval_per_user = 5

@@ -104,6 +104,11 @@ class Task(ABC):
     splits: ClassVar[tuple[str, ...]] = ("train", "dev")
     eval_per_user: ClassVar[int] = 1
     """Examples per user that `curp eval` takes by default."""
+    reply_label: ClassVar[str | None] = None
+    """A label replies may open with (a regular expression, "subject" for "Subject:"), taken
+    off before a reply is scored, as the preambles are."""
+    whole_reply: ClassVar[bool] = False
+    """Score every line of a reply (a comment of several paragraphs), not the first one."""
 
     def request(self, text: str, context: Sequence[ChatTurn] = ()) -> tuple[ChatTurn, ...]:
         """The request about ``text`` (cut to :data:`MAX_SOURCE_CHARS`), after the earlier

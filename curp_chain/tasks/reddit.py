@@ -21,6 +21,7 @@ class RedditTask(Task):
     description = "Reddit college subreddits: the author's reply to a post or comment"
     system = "You write Reddit comments. Reply with the comment only, nothing before or after it."
     instruction = "Write a reply to this Reddit post:\n\n"
+    whole_reply = True
     history_header = "Earlier posts and comments written by this user:"
     history_footer = "Write the reply in the same style as this user's posts and comments."
 
