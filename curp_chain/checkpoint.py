@@ -19,6 +19,12 @@ CONFIG_FILE = "config.json"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "smollm2-135m-minilm"
 """The checkpoint bundled with the package, for SmolLM2-135M-Instruct + all-MiniLM-L6-v2."""
 
+MIX_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-mix"
+"""The default checkpoint continued on a mix of Reddit replies, email subject lines and tweet
+rewrites (docs/training.md); it shares the default's codebook, so stored codes serve both.
+Opt in with ``CurpChatModel(checkpoint=str(MIX_CHECKPOINT))``; why it is not the default is
+in docs/experiments.md (entry 13)."""
+
 
 def save_checkpoint(model: CurpUserModel, folder: str | Path) -> Path:
     """Write the model's weights and config to ``folder`` (created if needed)."""

@@ -10,6 +10,7 @@ import torch
 
 from curp_chain.checkpoint import (
     DEFAULT_CHECKPOINT,
+    MIX_CHECKPOINT,
     check_compatible,
     load_checkpoint,
     read_config,
@@ -52,6 +53,15 @@ def test_bundled_checkpoint_loads_and_says_whether_it_is_trained() -> None:
         assert "untrained" in json.dumps(config.provenance)
     else:
         assert config.provenance.get("command")
+
+
+def test_the_mix_checkpoint_shares_the_default_codebook_and_differs_in_its_projector() -> None:
+    default, mix = load_checkpoint(), load_checkpoint(MIX_CHECKPOINT)
+    encoder = default.config.item_encoder_id
+    # Codes stored under the default serve the mix checkpoint as they are.
+    assert mix.quantizer.version(encoder) == default.quantizer.version(encoder)
+    assert not torch.equal(mix.projector.base, default.projector.base)
+    assert mix.config.trained and "--examples" in mix.config.provenance["command"]
 
 
 def test_trainable_parameters_are_a_small_fraction_of_the_llm() -> None:

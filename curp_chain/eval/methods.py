@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TASK_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-task"
 """Where the trained task-only soft prompt for SmolLM2-135M-Instruct is bundled."""
 
+MIX_TASK_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-mix-task"
+"""The task-only baseline of :data:`~curp_chain.checkpoint.MIX_CHECKPOINT`: a soft prompt of
+the same size trained on the same examples for the same steps, with no user input."""
+
 
 HISTORY_HEADER = Lamp7Task.history_header
 HISTORY_FOOTER = Lamp7Task.history_footer
