@@ -86,7 +86,8 @@ def _cache_argument(model: Any) -> str:
 def step_soft_after(lm: Any, soft: torch.Tensor, batch: list[tuple[list[int], list[int]]]) -> None:
     """Soft tokens after the request: the request runs once without gradients, as a cache."""
     embed = lm.model.get_input_embeddings()
-    # Left-pad the prefixes so every row's cache ends at the same position.
+    # Left-pad the prefixes so every row's cache ends at the same position. The padded rows'
+    # positions are not corrected: this times the work of a step, it does not train.
     prefix_length = max(len(p) for p, _ in batch)
     prefix = torch.zeros(len(batch), prefix_length, soft.shape[1])
     prefix_mask = torch.zeros(len(batch), prefix_length, dtype=torch.long)
