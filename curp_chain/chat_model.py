@@ -282,6 +282,9 @@ class CurpChatModel(BaseChatModel):
     default_system_message: str | None = DEFAULT_SYSTEM_MESSAGE
     """Sent first when a request has no system message of its own and no soft tokens; None
     sends none (the chat template may then add its own default). See curp_chain.system_message."""
+    checkpoint_system_message: bool = True
+    """Send the checkpoint's ``chat_system_message`` first when a personalized request has no
+    system message of its own (the one its soft tokens were trained under); False sends none."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _personalizer: Personalizer | None = PrivateAttr(default=None)
@@ -572,14 +575,19 @@ class CurpChatModel(BaseChatModel):
         turns = to_chat_turns(messages)
         decoding, gate = self._decide_tools(turns, tool_decoding(kwargs))
         params = self._params(stop, kwargs, decoding)
-        if decoding.response_schema is not None:
-            turns = with_format_instruction(turns, decoding.response_schema)
         backend = self.get_backend()
         personalizer = self.get_personalizer()
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         personalization = personalizer.personalize(kwargs.get("user_id", self.user_id), query)
-        turns = with_default_system(turns, self.default_system_message, personalization.soft)
+        turns = with_default_system(
+            turns,
+            self.default_system_message,
+            personalization.soft,
+            self._personalized_system(personalizer),
+        )
+        if decoding.response_schema is not None:  # after: the format joins that message
+            turns = with_format_instruction(turns, decoding.response_schema)
         template_tools = None
         if template_supports_tools(backend.chat_template):
             template_tools = decoding.template_tools()
@@ -596,6 +604,11 @@ class CurpChatModel(BaseChatModel):
         return PreparedRequest(
             prompt, params, personalization, backend, kwargs, decoding.assembler(), memory, gate
         )
+
+    def _personalized_system(self, personalizer: Personalizer) -> str | None:
+        if not self.checkpoint_system_message:
+            return None
+        return personalizer.user_model.config.chat_system_message
 
     def _decide_tools(
         self, turns: list[ChatTurn], decoding: ToolDecoding

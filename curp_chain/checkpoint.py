@@ -16,14 +16,20 @@ from curp_chain.user_model import CurpUserModel
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "smollm2-135m-minilm"
-"""The checkpoint bundled with the package, for SmolLM2-135M-Instruct + all-MiniLM-L6-v2."""
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+"""Where the checkpoints for SmolLM2-135M-Instruct + all-MiniLM-L6-v2 are bundled."""
 
-MIX_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-mix"
-"""The default checkpoint continued on a mix of Reddit replies, email subject lines and tweet
-rewrites (docs/training.md); it shares the default's codebook, so stored codes serve both.
-Opt in with ``CurpChatModel(checkpoint=str(MIX_CHECKPOINT))``; why it is not the default is
-in docs/experiments.md (entry 13)."""
+DEFAULT_CHECKPOINT = CHECKPOINTS / "smollm2-135m-mix"
+"""The default checkpoint: trained on a mix of Reddit replies, email subject lines and tweet
+rewrites (docs/training.md, "The mix checkpoints"), so its soft tokens serve those kinds of
+request and ordinary chat (under its ``chat_system_message``)."""
+
+MIX_CHECKPOINT = DEFAULT_CHECKPOINT
+"""The same folder as :data:`DEFAULT_CHECKPOINT`, by the name it was first published under."""
+
+LAMP7_CHECKPOINT = CHECKPOINTS / "smollm2-135m-minilm"
+"""The LaMP-7 checkpoint the mix one continues (tweet rewriting only; the default before the
+mix). It shares the mix's codebook, so stored codes serve both."""
 
 
 def save_checkpoint(model: CurpUserModel, folder: str | Path) -> Path:

@@ -50,6 +50,11 @@ class CurpConfig(BaseModel):
     (0.13 for SmolLM2-135M)."""
     max_history_items: int = Field(64, gt=0)
     """Newest items of a history used per request."""
+    chat_system_message: str | None = None
+    """The system message a personalized request is sent with when the caller sends none:
+    one the soft tokens were trained under, chosen for ordinary chat by measurement
+    (docs/experiments.md, "everyday chat"). None: no system message, so the chat template
+    may add its own. A caller's own system message always wins."""
     trained: bool = False
     """False for an untrained initialisation: replies are then not meaningfully personalized."""
     provenance: dict[str, Any] = Field(default_factory=dict)

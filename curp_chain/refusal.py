@@ -22,7 +22,8 @@ honest "I don't have personal preferences, but here is one..." is a refusal here
 the reply still declines the request as asked.
 
 A reply can also fail without refusing: :func:`is_degenerate` flags replies that answer
-nothing (empty, the request echoed, or mostly @mentions, hashtags and emoji).
+nothing (empty, the request echoed whole or in part, or mostly @mentions, hashtags and
+emoji).
 """
 
 from __future__ import annotations
@@ -91,12 +92,25 @@ def refusal_rate(replies: Iterable[str]) -> float:
 _NOISE = re.compile(r"[@#]\S+|[\U0001f300-\U0001faff\u2600-\u27bf\U0001f000-\U0001f2ff\ufe0f]")
 
 
+_WORD = re.compile(r"[\w']+")
+
+
+def _echoes(reply: str, request: str) -> bool:
+    """A short reply made of the request's own words: "Sleep better." for "How can I sleep
+    better?", "i did this weekend" for "What did you do this weekend?" (at most 8 words, at
+    most one of them not in the request)."""
+    words = _WORD.findall(reply.lower())
+    asked = set(_WORD.findall(request.lower()))
+    return len(words) <= 8 and sum(word not in asked for word in words) <= 1
+
+
 def is_degenerate(reply: str, request: str) -> bool:
-    """True when ``reply`` answers nothing: empty, the request echoed back, or mostly
-    @mentions, #hashtags and emoji (over a third of its characters), which a tweet-trained
-    soft prompt can push a small model into ("@french_lady @french_babylonian ...")."""
+    """True when ``reply`` answers nothing: empty, the request echoed back whole or in part
+    (:func:`_echoes`), or mostly @mentions, #hashtags and emoji (over a third of its
+    characters), which a tweet-trained soft prompt can push a small model into
+    ("@french_lady @french_babylonian ...")."""
     text = " ".join(reply.split())
-    if not text or text.strip(" \"'@").lower() == " ".join(request.split()).lower():
+    if not text or _echoes(text, request):
         return True
     noise = sum(len(m) for m in _NOISE.findall(text))
     return noise > len(text.replace(" ", "")) / 3

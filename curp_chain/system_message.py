@@ -7,11 +7,10 @@ as a chatbot, I'm designed to assist with digital interactions"). On 50 everyday
 (benchmarks/everyday_chat.py; docs/experiments.md, "everyday chat") a short system message
 asking for a direct reply cut those refusals from 6 to 2 when there is no user.
 
-It is not sent with soft tokens: the bundled checkpoint's were trained under their task's
-own system message (rewriting tweets), and with this one they turned replies into runs of
-@mentions and emoji (18 of 150 against 3) without fewer refusals (13 of 150 either way).
-A checkpoint trained on chat requests may change that; set ``default_system_message`` to
-None to never send it, or send your own system message.
+A personalized request needs a system message its soft tokens were trained under: with an
+unseen one they refuse more ("I'm sorry for your loss, but as a language AI...") or turn
+into echoes and runs of @mentions. So it gets its checkpoint's own
+(``CurpConfig.chat_system_message``); a checkpoint that names none gets none, as before.
 """
 
 from __future__ import annotations
@@ -27,12 +26,16 @@ DEFAULT_SYSTEM_MESSAGE = "Reply to the message directly and briefly."
 
 
 def with_default_system(
-    turns: Sequence[ChatTurn], system: str | None, soft: Any = None
+    turns: Sequence[ChatTurn],
+    system: str | None,
+    soft: Any = None,
+    personalized_system: str | None = None,
 ) -> list[ChatTurn]:
-    """``turns`` led by ``system`` when they hold no system message, ``system`` is set and
-    the request has no soft tokens (``soft`` is None or empty); otherwise unchanged: a
-    caller's own system message always wins."""
+    """``turns`` led by a system message when they hold none: ``personalized_system`` when
+    the request has soft tokens (``soft`` neither None nor empty), else ``system``; nothing
+    when that one is None. A caller's own system message always wins."""
     personalized = soft is not None and len(soft) > 0
-    if system is None or personalized or any(turn.role == "system" for turn in turns):
+    chosen = personalized_system if personalized else system
+    if chosen is None or any(turn.role == "system" for turn in turns):
         return list(turns)
-    return [ChatTurn("system", system), *turns]
+    return [ChatTurn("system", chosen), *turns]

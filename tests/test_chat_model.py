@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from curp_chain import CurpChatModel
-from curp_chain.checkpoint import MIX_CHECKPOINT, save_checkpoint
+from curp_chain.checkpoint import LAMP7_CHECKPOINT, save_checkpoint
 from curp_chain.config import CurpConfig
 from curp_chain.errors import (
     ContextLengthError,
@@ -190,21 +190,21 @@ def test_a_checkpoint_for_another_llm_is_refused(llama_backend, memory_store, tm
         model.invoke("hi", user_id="runner")
 
 
-def test_the_bundled_mix_checkpoint_serves_the_same_stored_history(
+def test_the_bundled_lamp7_checkpoint_serves_the_same_stored_history(
     model: CurpChatModel,
     llama_backend,
     memory_store,  # type: ignore[no-untyped-def]
 ) -> None:
-    mix = CurpChatModel(
-        backend=llama_backend, history_store=memory_store, checkpoint=str(MIX_CHECKPOINT)
+    lamp7 = CurpChatModel(
+        backend=llama_backend, history_store=memory_store, checkpoint=str(LAMP7_CHECKPOINT)
     )
-    reply = mix.invoke(QUESTION, user_id="runner", max_tokens=4)
+    reply = lamp7.invoke(QUESTION, user_id="runner", max_tokens=4)
     assert reply.response_metadata["curp"]["personalized"] is True
     default_soft = model.get_personalizer().personalize("runner", QUESTION).soft
-    mix_soft = mix.get_personalizer().personalize("runner", QUESTION).soft
-    assert default_soft is not None and mix_soft is not None
-    assert mix_soft.shape == default_soft.shape
-    assert not torch.allclose(torch.as_tensor(mix_soft), torch.as_tensor(default_soft))
+    lamp7_soft = lamp7.get_personalizer().personalize("runner", QUESTION).soft
+    assert default_soft is not None and lamp7_soft is not None
+    assert lamp7_soft.shape == default_soft.shape
+    assert not torch.allclose(torch.as_tensor(lamp7_soft), torch.as_tensor(default_soft))
 
 
 def test_conversation_history_in_messages_reaches_the_prompt(model: CurpChatModel) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from curp_chain.checkpoint import (
     DEFAULT_CHECKPOINT,
-    MIX_CHECKPOINT,
+    LAMP7_CHECKPOINT,
     check_compatible,
     load_checkpoint,
     read_config,
@@ -55,13 +55,17 @@ def test_bundled_checkpoint_loads_and_says_whether_it_is_trained() -> None:
         assert config.provenance.get("command")
 
 
-def test_the_mix_checkpoint_shares_the_default_codebook_and_differs_in_its_projector() -> None:
-    default, mix = load_checkpoint(), load_checkpoint(MIX_CHECKPOINT)
-    encoder = default.config.item_encoder_id
-    # Codes stored under the default serve the mix checkpoint as they are.
-    assert mix.quantizer.version(encoder) == default.quantizer.version(encoder)
-    assert not torch.equal(mix.projector.base, default.projector.base)
+def test_the_default_mix_checkpoint_shares_the_lamp7_codebook_and_differs_in_its_projector() -> (
+    None
+):
+    mix, lamp7 = load_checkpoint(), load_checkpoint(LAMP7_CHECKPOINT)
+    encoder = mix.config.item_encoder_id
+    # Codes stored under either serve the other as they are.
+    assert mix.quantizer.version(encoder) == lamp7.quantizer.version(encoder)
+    assert not torch.equal(mix.projector.base, lamp7.projector.base)
     assert mix.config.trained and "--examples" in mix.config.provenance["command"]
+    # Only the mix names a system message for personalized chat (curp_chain.system_message).
+    assert mix.config.chat_system_message and lamp7.config.chat_system_message is None
 
 
 def test_trainable_parameters_are_a_small_fraction_of_the_llm() -> None:

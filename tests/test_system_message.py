@@ -1,11 +1,12 @@
-"""The default system message: sent when the request has none and no soft tokens, never over
-the caller's own."""
+"""The default system messages: the model's when a request has none and no soft tokens, the
+checkpoint's when it has soft tokens; never over the caller's own."""
 
 from __future__ import annotations
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
+from curp_chain.checkpoint import LAMP7_CHECKPOINT
 from curp_chain.prompt import ChatTurn
 from curp_chain.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
 
@@ -16,8 +17,13 @@ def test_the_default_leads_only_requests_without_a_system_message() -> None:
     own = [ChatTurn("system", "Answer in French."), *turns]
     assert with_default_system(own, "Be brief.") == own
     assert with_default_system(turns, None) == turns
-    # Not with soft tokens: the bundled ones were trained under their task's system message.
+    # With soft tokens, the personalized one (the checkpoint's), or none.
     assert with_default_system(turns, "Be brief.", [[0.1, 0.2]]) == turns
+    assert with_default_system(turns, "Be brief.", [[0.1]], "Comment.") == [
+        ChatTurn("system", "Comment."),
+        *turns,
+    ]
+    assert with_default_system(own, "Be brief.", [[0.1]], "Comment.") == own
     assert with_default_system(turns, "Be brief.", []) == [ChatTurn("system", "Be brief."), *turns]
 
 
@@ -39,8 +45,23 @@ def test_curp_chat_model_sends_its_default_unless_told_otherwise(
     )
     assert "named SmolLM" in plain._prepare(request, None, {}).prompt.before
 
-    # A personalized request keeps the prompt its soft tokens were trained with.
+    # A personalized request gets the system message its soft tokens were trained under.
     model.add_history("maya", ["omg just ran 18k lol", "rest day = pizza lol"])
     personal = model._prepare(request, None, {"user_id": "maya"}).prompt
-    assert personal.soft is not None
+    chat_system = model.get_personalizer().user_model.config.chat_system_message
+    assert personal.soft is not None and chat_system is not None
+    assert f"<|im_start|>system\n{chat_system}<|im_end|>" in personal.before
     assert DEFAULT_SYSTEM_MESSAGE not in personal.before
+
+    # A structured reply's format instruction joins it rather than replacing it.
+    schema = {"type": "object", "properties": {"plan": {"type": "string"}}}
+    shaped = model._prepare(request, None, {"user_id": "maya", "json_schema": schema}).prompt
+    assert f"system\n{chat_system}\n\nReply with JSON only" in shaped.before
+
+    # Turned off, or a checkpoint that names none (the LaMP-7 one): no system message.
+    model.checkpoint_system_message = False
+    assert chat_system not in model._prepare(request, None, {"user_id": "maya"}).prompt.before
+    lamp7 = CurpChatModel(
+        backend=llama_backend, history_store=memory_store, checkpoint=str(LAMP7_CHECKPOINT)
+    )
+    assert "named SmolLM" in lamp7._prepare(request, None, {"user_id": "maya"}).prompt.before

@@ -32,7 +32,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from curp_chain.checkpoint import DEFAULT_CHECKPOINT, check_compatible, load_checkpoint
+from curp_chain.checkpoint import (
+    CHECKPOINTS,
+    DEFAULT_CHECKPOINT,
+    check_compatible,
+    load_checkpoint,
+)
 from curp_chain.defaults import open_hf_backend, open_llamacpp_backend
 from curp_chain.encoder import SentenceEncoder
 from curp_chain.errors import CheckpointError, CurpError, MissingDependencyError
@@ -46,12 +51,16 @@ from curp_chain.user_model import CurpUserModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TASK_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-task"
-"""Where the trained task-only soft prompt for SmolLM2-135M-Instruct is bundled."""
+DEFAULT_TASK_CHECKPOINT = CHECKPOINTS / "smollm2-135m-mix-task"
+"""The task-only baseline of :data:`~curp_chain.checkpoint.DEFAULT_CHECKPOINT`: a soft prompt
+of the same size trained on the same examples for the same steps, with no user input."""
 
-MIX_TASK_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-135m-mix-task"
-"""The task-only baseline of :data:`~curp_chain.checkpoint.MIX_CHECKPOINT`: a soft prompt of
-the same size trained on the same examples for the same steps, with no user input."""
+MIX_TASK_CHECKPOINT = DEFAULT_TASK_CHECKPOINT
+"""The same folder as :data:`DEFAULT_TASK_CHECKPOINT`, by the name it was first published
+under."""
+
+LAMP7_TASK_CHECKPOINT = CHECKPOINTS / "smollm2-135m-task"
+"""The task-only baseline of :data:`~curp_chain.checkpoint.LAMP7_CHECKPOINT`."""
 
 
 HISTORY_HEADER = Lamp7Task.history_header
