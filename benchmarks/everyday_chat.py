@@ -100,7 +100,10 @@ def answer(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    requests = load_requests(args.requests)[: args.limit]
+    requests = load_requests(args.requests)
+    if args.half is not None:  # choose settings on one half, report the other
+        requests = requests[("even", "odd").index(args.half) :: 2]
+    requests = requests[: args.limit]
     users = load_users(args.users)
     if args.user:
         users = {u: users[u] for u in args.user}
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "system": args.system,
             "default_system_message": model.default_system_message,
             "soft": args.soft,
+            "half": args.half,
             "max_tokens": args.max_tokens,
             "threads": args.threads,
             "model": model.get_backend().model_id,
@@ -183,6 +187,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--limit", type=int, default=None, help="first N requests only")
+    parser.add_argument(
+        "--half",
+        choices=["even", "odd"],
+        help="only the requests at even (0, 2, ...) or odd places",
+    )
     parser.add_argument("--user", action="append", help="only these users (repeatable)")
     parser.add_argument("--no-none", action="store_true", help="skip the no-user condition")
     parser.add_argument("--system", default=None, help="a system message sent before each request")

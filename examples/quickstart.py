@@ -2,13 +2,14 @@
 measured effect of their soft tokens.
 
 maya texts in lowercase, with "lol" and no apostrophes; theo writes formal, punctuated prose.
-Both ask the bundled checkpoint for what it was trained on (rewrite a tweet as its author
-would, LaMP-7's task, with the system message it was trained with), then one everyday
-request. For every reply the script prints how far its style features
-(:mod:`curp_chain.style`: casing, punctuation, laughter, contractions...) lie from each
-user's history (the distance of the reply's feature vector to the mean of the user's items;
-smaller is closer), next to the same for a reply with no user, and how far apart the two
-users' soft tokens are.
+Both send the bundled checkpoint the three kinds of request it was trained for, each with the
+system message and instruction it was trained with (rewrite a tweet as its author would, write
+the subject line of an email, reply to a Reddit post: ``curp_chain.tasks``), then one everyday
+request with no system message (the checkpoint's own is sent). For every reply the script
+prints how far its style features (:mod:`curp_chain.style`: casing, punctuation, laughter,
+contractions...) lie from each user's history (the distance of the reply's feature vector to
+the mean of the user's items; smaller is closer), next to the same for a reply with no user,
+and how far apart the two users' soft tokens are.
 
 Runs offline on a CPU with the embedded default: llama.cpp, SmolLM2-135M-Instruct and the
 bundled CURP checkpoint; the histories live in an in-memory SQLite store.
@@ -16,13 +17,16 @@ bundled CURP checkpoint; the histories live in an in-memory SQLite store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
 from curp_chain.defaults import open_llamacpp_backend, open_store
+from curp_chain.prompt import ChatTurn
 from curp_chain.style import style_features
-from curp_chain.tasks import PARAPHRASE_SYSTEM
+from curp_chain.tasks import AeslcTask, Lamp7Task, RedditTask
 
 HISTORIES = {
     "maya": [
@@ -43,22 +47,29 @@ HISTORIES = {
     ],
 }
 
-INSTRUCTION = "Paraphrase the following tweet without any explanation before or after it: "
-TWEETS = [
-    "I am going to the beach with my friends this weekend and I cannot wait.",
-    "Work was exhausting today, so I am staying in and watching a film tonight.",
-]
+TWEET = "Work was exhausting today, so I am staying in and watching a film tonight."
+EMAIL = (
+    "Hi all, the team dinner moves from Thursday to Friday at 7pm, same restaurant. "
+    "Let me know by Wednesday if you can still make it."
+)
+POST = "Just finished my last exam of the semester! What are you all doing over the break?"
 EVERYDAY = "Plans for the weekend?"
 
 
+def as_messages(turns: Sequence[ChatTurn]) -> list[BaseMessage]:
+    kinds = {"system": SystemMessage, "user": HumanMessage}
+    return [kinds[turn.role](turn.content) for turn in turns]
+
+
 def requests() -> list[tuple[str, list[BaseMessage]]]:
-    """(label, messages): the trained task with its system message, then an everyday request
-    (CurpChatModel's default system message)."""
-    task = [
-        (f"tweet: {tweet}", [SystemMessage(PARAPHRASE_SYSTEM), HumanMessage(INSTRUCTION + tweet)])
-        for tweet in TWEETS
+    """(label, messages): the three trained kinds of request, each as its task builds it, then
+    an everyday request with no system message."""
+    return [
+        (f"tweet: {TWEET}", as_messages(Lamp7Task().request(TWEET))),
+        (f"email subject: {EMAIL}", as_messages(AeslcTask().request(EMAIL))),
+        (f"reddit reply: {POST}", as_messages(RedditTask().request(POST))),
+        (f"chat: {EVERYDAY}", [HumanMessage(EVERYDAY)]),
     ]
-    return [*task, (f"chat: {EVERYDAY}", [HumanMessage(EVERYDAY)])]
 
 
 def style_means() -> dict[str, np.ndarray]:
@@ -75,7 +86,7 @@ def style_distances(reply: str, means: dict[str, np.ndarray]) -> str:
 
 def soft_token_gap(model: CurpChatModel) -> str:
     personalizer = model.get_personalizer()
-    maya, theo = (personalizer.personalize(u, INSTRUCTION + TWEETS[0]).soft for u in HISTORIES)
+    maya, theo = (personalizer.personalize(u, TWEET).soft for u in HISTORIES)
     assert maya is not None and theo is not None
     gap = float(np.linalg.norm(maya - theo, axis=-1).mean())
     size = float(np.linalg.norm(maya, axis=-1).mean())
@@ -91,8 +102,8 @@ def main() -> None:
         history_store=open_store("sqlite://"),
         max_tokens=40,
     )
-    for user_id, history in HISTORIES.items():
-        model.add_history(user_id, history)
+    for name, history in HISTORIES.items():
+        model.add_history(name, history)
     print(soft_token_gap(model) + "\n")
     means = style_means()
     for label, messages in requests():

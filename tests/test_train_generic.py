@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from langchain_core.messages import HumanMessage
 
 from curp_chain.cli import main as curp_main
 from curp_chain.datasets import ExampleRecord, ItemRecord, Message, write_examples, write_histories
@@ -90,10 +91,12 @@ def test_generic_data_trains_a_checkpoint_that_serves(tmp_path: Path) -> None:
         *("--max-steps", "3", "--batch-size", "2", "--lr", "0.01", "--warmup", "1"),
         *("--val-every", "0", "--val-batch-size", "4", "--samples", "1"),
         *("--persona-fraction", "0", "--save-every", "0"),
+        *("--chat-system-message", "Write one line."),
     ]
     assert curp_main(stage2) == 0
     model = load_checkpoint(out)
     assert model.config.trained and model.config.max_history_items == 6
+    assert model.config.chat_system_message == "Write one line."
     provenance = model.config.provenance
     assert provenance["steps"] == 3
     assert provenance["data"]["examples"] == 24 and provenance["data"]["users"] == 6
@@ -113,3 +116,5 @@ def test_generic_data_trains_a_checkpoint_that_serves(tmp_path: Path) -> None:
     assert isinstance(reply.content, str) and reply.content.strip()
     curp = reply.response_metadata["curp"]
     assert curp["personalized"] and curp["checkpoint_trained"]
+    prompt = chat._prepare([HumanMessage("Write one line.")], None, {"user_id": "maya"}).prompt
+    assert "system\nWrite one line.<|im_end|>" in prompt.before

@@ -412,9 +412,11 @@ def _save(
     codebook = dict(previous.get("codebook", previous))
     if previous.get("command"):
         codebook["command"] = previous["command"]
-    unwrapped.config = unwrapped.config.model_copy(
-        update={"trained": True, "provenance": {**provenance, **summary, "codebook": codebook}}
-    )
+    update: dict[str, Any] = {"trained": True}
+    update["provenance"] = {**provenance, **summary, "codebook": codebook}
+    if stage.options.chat_system_message is not None:
+        update["chat_system_message"] = stage.options.chat_system_message
+    unwrapped.config = unwrapped.config.model_copy(update=update)
     save_checkpoint(unwrapped.eval(), out)
 
 

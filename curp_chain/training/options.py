@@ -227,6 +227,10 @@ class ProjectorOptions(GenericDataOptions):
     """examples per validation batch"""
     save_every: int = Field(default=25, ge=0)
     """save resumable state every this many steps (0: only at the end)"""
+    chat_system_message: str | None = None
+    """the system message a personalized request without one is served with: one the
+    examples' requests were trained under (saved in the checkpoint's config.json; default:
+    the --init checkpoint's)"""
     user_margin_weight: float = Field(default=0.0, ge=0)
     """weight of a hinge term that asks each example's loss with its own user's soft tokens
     to beat its loss with another user's by --user-margin (0: off; doubles the cost of a
