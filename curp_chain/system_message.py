@@ -10,7 +10,7 @@ asking for a direct reply cut those refusals from 6 to 2 when there is no user.
 A personalized request needs a system message its soft tokens were trained under: with an
 unseen one they refuse more ("I'm sorry for your loss, but as a language AI...") or turn
 into echoes and runs of @mentions. So it gets its checkpoint's own
-(``CurpConfig.chat_system_message``); a checkpoint that names none gets none, as before.
+(``CurpConfig.chat_system_message``); one that names none (the LaMP-7 checkpoint) gets none.
 """
 
 from __future__ import annotations
