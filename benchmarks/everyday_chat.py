@@ -34,7 +34,6 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
 from curp_chain.defaults import open_llamacpp_backend, open_store
-from curp_chain.prompt import build_soft_prompt
 from curp_chain.refusal import is_degenerate, refusal_reason
 
 HERE = Path(__file__).parent
@@ -74,18 +73,18 @@ def reply_with_soft(
     model: CurpChatModel, messages: list[BaseMessage], user_id: str, part: str
 ) -> str:
     """The reply when the user's soft tokens are cut down to their base or offset part."""
-    from curp_chain.chat_model import to_chat_turns
+    from dataclasses import replace
+
     from curp_chain.protocols import GenerationParams
 
-    personalizer = model.get_personalizer()
-    turns = to_chat_turns(messages)  # personalized: no default system message
-    soft = personalizer.personalize(user_id, turns[-1].content).soft
+    # The product's own prompt (system message included), with only the soft tokens cut.
+    prepared = model._prepare(messages, None, {"user_id": user_id})
+    soft = prepared.prompt.soft
     assert soft is not None
-    base = personalizer.user_model.projector.base[: len(soft)].detach().numpy()
-    soft = base if part == "base" else soft - base
-    backend = model.get_backend()
-    prompt = build_soft_prompt(backend.chat_template, turns, soft, backend.special_tokens)
+    base = model.get_personalizer().user_model.projector.base[: len(soft)].detach().numpy()
+    prompt = replace(prepared.prompt, soft=base if part == "base" else soft - base)
     params = GenerationParams(max_tokens=model.max_tokens, temperature=0.0)
+    backend = prepared.backend
     return "".join(piece.text for piece in backend.stream(prompt, params))
 
 
