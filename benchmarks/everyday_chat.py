@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         refused = [r for r in rows if r["refusal"]]
-        degenerate = sum(r["degenerate"] for r in rows)
+        degenerate = sum(1 for r in rows if r["degenerate"])
         results[name] = {
             "refusals": len(refused),
             "requests": len(rows),
