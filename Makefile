@@ -28,6 +28,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy curp_chain stores/curp_chain_stores integrations/curp_chain_integrations
+	$(BIN)/lint-imports
 
 test: install-dev lint
 	$(BIN)/python -m pytest -ra

@@ -3,8 +3,9 @@
 Every request of ``benchmarks/everyday_requests.json`` is answered once with no user
 (``none``: no soft tokens) and once per user of ``benchmarks/everyday_users.json``
 (``curp``: that user's soft tokens), greedy, and each reply is checked by
-:func:`curp_chain.refusal.is_refusal` and :func:`curp_chain.refusal.is_degenerate` (a reply
-that answers nothing: the request echoed, or mostly @mentions, hashtags and emoji). Prints
+:func:`curp_chain.data.refusal.is_refusal` and
+:func:`curp_chain.data.refusal.is_degenerate` (a reply that answers nothing: the request
+echoed, or mostly @mentions, hashtags and emoji). Prints
 both per condition; ``--json`` keeps every reply; ``--rescore FILE`` re-counts a saved run.
 
 By default the requests go through ``CurpChatModel.invoke`` exactly as an application sends
@@ -33,8 +34,8 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
-from curp_chain.defaults import open_llamacpp_backend, open_store
-from curp_chain.refusal import is_degenerate, refusal_reason
+from curp_chain.data.refusal import is_degenerate, refusal_reason
+from curp_chain.runtime.defaults import open_llamacpp_backend, open_store
 
 HERE = Path(__file__).parent
 
@@ -75,7 +76,7 @@ def reply_with_soft(
     """The reply when the user's soft tokens are cut down to their base or offset part."""
     from dataclasses import replace
 
-    from curp_chain.protocols import GenerationParams
+    from curp_chain.interfaces.protocols import GenerationParams
 
     # The product's own prompt (system message included), with only the soft tokens cut.
     prepared = model._prepare(messages, None, {"user_id": user_id})

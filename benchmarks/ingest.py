@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from curp_chain.encoder import SentenceEncoder
-from curp_chain.personalizer import Personalizer
+from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.personalization.personalizer import Personalizer
 from curp_chain_stores import SQLHistoryStore
 
 

@@ -11,10 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from curp_chain.defaults import open_store
-from curp_chain.encoder import SentenceEncoder
-from curp_chain.personalizer import Personalizer
+from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.personalization.personalizer import Personalizer
+from curp_chain.runtime.defaults import open_store
 
 HERE = Path(__file__).parent
 

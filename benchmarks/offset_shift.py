@@ -26,21 +26,19 @@ from typing import Any
 
 import torch
 
-from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from curp_chain.defaults import open_hf_backend
-from curp_chain.encoder import SentenceEncoder
+from curp_chain.data.users import default_cache_dir
 from curp_chain.eval.methods import DEFAULT_TASK_CHECKPOINT
-from curp_chain.task_prompt import load_task_prompt
-from curp_chain.training.align import (
-    SoftTokenSource,
-    encode_examples,
-    pad_items,
-    validate,
-    validation_examples,
-)
+from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.model.task_prompt import load_task_prompt
+from curp_chain.model.user_model import CurpUserModel
+from curp_chain.runtime.defaults import open_hf_backend
+from curp_chain.tasks.lamp7 import load_lamp7_validation
+from curp_chain.training.batching import encode_examples, pad_items
 from curp_chain.training.codebook import EmbeddingCache, embedding_cache_path
-from curp_chain.training.data import default_cache_dir, load_lamp7_validation
-from curp_chain.user_model import CurpUserModel
+from curp_chain.training.examples import validation_examples
+from curp_chain.training.loss import SoftTokenSource
+from curp_chain.training.validation import validate
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from curp_chain.eval.harness import EvalConfig, Harness, generate
 from curp_chain.eval.metrics import clean_reply, normalized, rouge
-from curp_chain.protocols import SoftPrompt
+from curp_chain.interfaces.protocols import SoftPrompt
 
 
 def main() -> None:

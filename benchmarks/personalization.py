@@ -3,7 +3,7 @@
 Each user's items are stored with codes already made (as after ingest), in a SQLite file.
 Per request, ``Personalizer.personalize`` reads the newest ``max_history_items`` codes
 (24 for the bundled checkpoint), embeds the query (the query-aware soft token) and runs
-the CURP user model (its folded serving form, `curp_chain.folded`). Reported: p50/p99 of
+the CURP user model (its folded serving form, `curp_chain.model.folded`). Reported: p50/p99 of
 the whole call and of its parts, timed separately; the same capped codes through the
 `CurpUserModel` module, for comparison; and the user model over *all* of a user's codes
 (what a checkpoint with no item cap would cost). Queries rotate through distinct texts,
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from curp_chain.encoder import SentenceEncoder
-from curp_chain.personalizer import Personalizer
+from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.personalization.personalizer import Personalizer
 from curp_chain_stores import SQLHistoryStore
 
 TOPICS = ["a long run", "the new cafe", "my exam", "the game tonight", "rainy mornings"]

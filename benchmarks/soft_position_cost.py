@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from curp_chain.datasets import ExampleRecord, read_examples
-from curp_chain.defaults import open_hf_backend
-from curp_chain.prompt import ChatTurn, render_chat
+from curp_chain.data.generic import ExampleRecord, read_examples
+from curp_chain.runtime.defaults import open_hf_backend
+from curp_chain.runtime.prompt import ChatTurn, render_chat
 
 
 def token_lengths(lm: Any, example: ExampleRecord, max_target: int) -> tuple[list[int], list[int]]:

@@ -1,6 +1,6 @@
 """How much of a LaMP-7 user's style their history predicts, feature by feature.
 
-For each style feature of :mod:`curp_chain.style`, the correlation over users between the
+For each style feature of :mod:`curp_chain.model.style`, the correlation over users between the
 feature's mean over the user's profile and its value on the gold tweet, next to the
 correlation between the request (the LLM paraphrase to rewrite) and the gold tweet. A
 feature the profile predicts and the request does not is something only the user's history
@@ -20,9 +20,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from curp_chain.eval.lamp import LampExample, load_lamp
-from curp_chain.style import STYLE_FEATURES, style_features
-from curp_chain.training.sources import SourceCache
+from curp_chain.data.sources import SourceCache
+from curp_chain.model.style import STYLE_FEATURES, style_features
+from curp_chain.tasks.lamp7 import LampExample, load_lamp
 
 
 def correlation(xs: list[float], ys: list[float]) -> float | None:

@@ -15,8 +15,8 @@ import os
 import statistics
 import time
 
-from curp_chain.protocols import GenerationParams, SoftPrompt
-from curp_chain_integrations.llamacpp import LlamaCppBackend
+from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt
+from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
 PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

@@ -29,10 +29,10 @@ from langchain_core.tools import tool
 from pydantic import ValidationError
 
 from curp_chain import CurpChatModel
-from curp_chain.chat_model import PreparedRequest
-from curp_chain.tool_gate import tool_scores
-from curp_chain.tools import tool_specs
-from curp_chain_integrations.llamacpp import LlamaCppBackend
+from curp_chain.chat.chat_model import PreparedRequest
+from curp_chain.chat.tools.gate import tool_scores
+from curp_chain.chat.tools.specs import tool_specs
+from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 from curp_chain_stores import SQLHistoryStore
 
 

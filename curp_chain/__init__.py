@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING
 from curp_chain._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from curp_chain.chat_model import CurpChatModel
-    from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
-    from curp_chain.config import CurpConfig
+    from curp_chain.chat.chat_model import CurpChatModel
     from curp_chain.errors import (
         BackendError,
         CheckpointError,
@@ -29,18 +27,20 @@ if TYPE_CHECKING:
         RequestTimeoutError,
         StoreError,
     )
-    from curp_chain.history import HistoryItem, NewHistoryItem
-    from curp_chain.personalizer import Personalizer
-    from curp_chain.user_model import CurpUserModel
+    from curp_chain.interfaces.history import HistoryItem, NewHistoryItem
+    from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
+    from curp_chain.model.config import CurpConfig
+    from curp_chain.model.user_model import CurpUserModel
+    from curp_chain.personalization.personalizer import Personalizer
 
 __version__ = "0.1.0"
 
 _HOMES = {
-    "CurpChatModel": "chat_model",
-    "DEFAULT_CHECKPOINT": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "CurpConfig": "config",
+    "CurpChatModel": "chat.chat_model",
+    "DEFAULT_CHECKPOINT": "model.checkpoint",
+    "load_checkpoint": "model.checkpoint",
+    "save_checkpoint": "model.checkpoint",
+    "CurpConfig": "model.config",
     "BackendError": "errors",
     "CheckpointError": "errors",
     "ContextLengthError": "errors",
@@ -53,10 +53,10 @@ _HOMES = {
     "QueueFullError": "errors",
     "RequestTimeoutError": "errors",
     "StoreError": "errors",
-    "HistoryItem": "history",
-    "NewHistoryItem": "history",
-    "Personalizer": "personalizer",
-    "CurpUserModel": "user_model",
+    "HistoryItem": "interfaces.history",
+    "NewHistoryItem": "interfaces.history",
+    "Personalizer": "personalization.personalizer",
+    "CurpUserModel": "model.user_model",
 }
 
 

@@ -23,7 +23,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from curp_chain import CurpChatModel
-from curp_chain_integrations.langchain_agents import CurpUserMiddleware
+from curp_chain_integrations.langchain.agents import CurpUserMiddleware
 
 USERS = {
     "alice": [

@@ -6,7 +6,7 @@ Both send the bundled checkpoint the three kinds of request it was trained for, 
 system message and instruction it was trained with (rewrite a tweet as its author would, write
 the subject line of an email, reply to a Reddit post: ``curp_chain.tasks``), then one everyday
 request with no system message (the checkpoint's own is sent). For every reply the script
-prints how far its style features (:mod:`curp_chain.style`: casing, punctuation, laughter,
+prints how far its style features (:mod:`curp_chain.model.style`: casing, punctuation, laughter,
 contractions...) lie from each user's history (the distance of the reply's feature vector to
 the mean of the user's items; smaller is closer), next to the same for a reply with no user,
 and how far apart the two users' soft tokens are.
@@ -23,9 +23,9 @@ import numpy as np
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
-from curp_chain.defaults import open_llamacpp_backend, open_store
-from curp_chain.prompt import ChatTurn
-from curp_chain.style import style_features
+from curp_chain.model.style import style_features
+from curp_chain.runtime.defaults import open_llamacpp_backend, open_store
+from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks import AeslcTask, Lamp7Task, RedditTask
 
 HISTORIES = {

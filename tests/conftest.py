@@ -35,21 +35,21 @@ def curp_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def llama_backend():  # type: ignore[no-untyped-def]
-    from curp_chain_integrations.llamacpp import LlamaCppBackend
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     return LlamaCppBackend(n_ctx=2048)
 
 
 @pytest.fixture(scope="session")
 def hf_backend():  # type: ignore[no-untyped-def]
-    from curp_chain_integrations.hf import TransformersBackend
+    from curp_chain_integrations.backends.hf import TransformersBackend
 
     return TransformersBackend()
 
 
 @pytest.fixture(scope="session")
 def encoder():  # type: ignore[no-untyped-def]
-    from curp_chain.encoder import SentenceEncoder
+    from curp_chain.model.encoder import SentenceEncoder
 
     return SentenceEncoder()
 

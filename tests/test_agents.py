@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from curp_chain import CurpChatModel
 from curp_chain.errors import CurpError
-from curp_chain_integrations.langchain_agents import CurpUserMiddleware, context_user_id
+from curp_chain_integrations.langchain.agents import CurpUserMiddleware, context_user_id
 
 HISTORY = ["Sunrise trail run: 18 km.", "Marathon week 12, long run 32 km."]
 

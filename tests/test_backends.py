@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from curp_chain.errors import BackendError, ContextLengthError
-from curp_chain.prompt import ChatTurn, build_soft_prompt
-from curp_chain.protocols import GenerationParams, SoftPrompt
+from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt
+from curp_chain.runtime.prompt import ChatTurn, build_soft_prompt
 
 GREEDY = GenerationParams(max_tokens=24)
 

@@ -9,8 +9,6 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from curp_chain import CurpChatModel
-from curp_chain.checkpoint import LAMP7_CHECKPOINT, save_checkpoint
-from curp_chain.config import CurpConfig
 from curp_chain.errors import (
     ContextLengthError,
     CurpError,
@@ -18,6 +16,8 @@ from curp_chain.errors import (
     InvalidHistoryItemError,
     InvalidUserIdError,
 )
+from curp_chain.model.checkpoint import LAMP7_CHECKPOINT, save_checkpoint
+from curp_chain.model.config import CurpConfig
 from curp_chain.training.initialize import initial_model
 
 RUNNER = [
@@ -221,7 +221,7 @@ def test_conversation_history_in_messages_reaches_the_prompt(model: CurpChatMode
 
 
 def test_items_added_through_the_store_are_encoded_on_first_use(model: CurpChatModel) -> None:
-    from curp_chain.history import NewHistoryItem
+    from curp_chain.interfaces.history import NewHistoryItem
 
     model.store.add_items("carol", [NewHistoryItem("Gardening all weekend, tomatoes first.")])
     personalizer = model.get_personalizer()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from curp_chain.checkpoint import (
+from curp_chain.errors import CheckpointError, IncompatibleCheckpointError
+from curp_chain.model.checkpoint import (
     DEFAULT_CHECKPOINT,
     LAMP7_CHECKPOINT,
     check_compatible,
@@ -16,8 +17,7 @@ from curp_chain.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from curp_chain.config import CurpConfig
-from curp_chain.errors import CheckpointError, IncompatibleCheckpointError
+from curp_chain.model.config import CurpConfig
 from curp_chain.training.initialize import initial_model
 
 
@@ -64,7 +64,7 @@ def test_the_default_mix_checkpoint_shares_the_lamp7_codebook_and_differs_in_its
     assert mix.quantizer.version(encoder) == lamp7.quantizer.version(encoder)
     assert not torch.equal(mix.projector.base, lamp7.projector.base)
     assert mix.config.trained and "--examples" in mix.config.provenance["command"]
-    # Only the mix names a system message for personalized chat (curp_chain.system_message).
+    # Only the mix names a system message for personalized chat (curp_chain.chat.system_message).
     assert mix.config.chat_system_message and lamp7.config.chat_system_message is None
 
 

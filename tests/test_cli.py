@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curp_chain.cli import main, read_history_file
+from curp_chain.cli.main import main, read_history_file
 from curp_chain.errors import InvalidHistoryItemError
 
 

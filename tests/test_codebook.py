@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from curp_chain.codebook import ProductQuantizer, squared_distances
-from curp_chain.config import CurpConfig
-from curp_chain.user_model import CurpUserModel
+from curp_chain.model.config import CurpConfig
+from curp_chain.model.quantizer import ProductQuantizer, squared_distances
+from curp_chain.model.user_model import CurpUserModel
 
 SMALL = dict(
     encoder_dim=16,

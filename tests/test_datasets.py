@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from curp_chain.cli import main as curp_main
-from curp_chain.datasets import (
+from curp_chain.cli.main import main as curp_main
+from curp_chain.data.generic import (
     DataFormatError,
     ExampleRecord,
     ItemRecord,
@@ -26,8 +26,8 @@ from curp_chain.datasets import (
     write_examples,
     write_histories,
 )
+from curp_chain.data.users import default_data_dir
 from curp_chain.tasks import MAX_SOURCE_CHARS, TaskDataError, cut, get_task
-from curp_chain.training.data import default_data_dir
 
 DATA = default_data_dir()
 
@@ -123,7 +123,7 @@ def test_bad_history_files(tmp_path: Path) -> None:
 
 
 def test_histories_from_a_sqlite_store(tmp_path: Path) -> None:
-    from curp_chain.history import NewHistoryItem
+    from curp_chain.interfaces.history import NewHistoryItem
     from curp_chain_stores import SQLHistoryStore
 
     url = f"sqlite:///{tmp_path / 'h.db'}"

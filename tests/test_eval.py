@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
+from curp_chain.cli.eval import register
 from curp_chain.errors import CheckpointError, CurpError
-from curp_chain.eval.cli import register
 from curp_chain.eval.harness import EvalConfig, ResultCache, run_eval
-from curp_chain.eval.lamp import LAMP7_INSTRUCTION, LampDataError, load_lamp, source_text
 from curp_chain.eval.methods import MethodSettings, Resources, bm25_ranking, parse_methods
 from curp_chain.eval.metrics import clean_reply, rouge
 from curp_chain.eval.report import markdown_table, paired_table, results_json
 from curp_chain.tasks import Lamp7Task, Task, get_task, lamp7
+from curp_chain.tasks.lamp7 import LAMP7_INSTRUCTION, LampDataError, load_lamp, source_text
 from curp_chain.training.initialize import write_untrained_checkpoint
 
 RESULT_KEYS = {"rouge1", "rougeL", "gold_nll", "prompt_tokens", "ttft_ms", "tokens_per_s", "n"}

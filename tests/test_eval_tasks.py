@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from curp_chain.cli import main as curp_main
+from curp_chain.cli.main import main as curp_main
 from curp_chain.errors import CurpError
 from curp_chain.eval.harness import EvalConfig, Harness
 from curp_chain.eval.methods import MethodSettings, text_turns

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curp_chain.checkpoint import load_checkpoint
-from curp_chain.config import CurpConfig
-from curp_chain.folded import FoldedUserModel
-from curp_chain.user_model import CurpUserModel
+from curp_chain.model.checkpoint import load_checkpoint
+from curp_chain.model.config import CurpConfig
+from curp_chain.model.folded import FoldedUserModel
+from curp_chain.model.user_model import CurpUserModel
 
 
 def _randomized(config: CurpConfig) -> CurpUserModel:

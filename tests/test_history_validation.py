@@ -1,4 +1,5 @@
-"""The batch validator and the user id policy of `curp_chain.history`, before any model runs."""
+"""The batch validator and the user id policy of `curp_chain.interfaces.history`, before any
+model runs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curp_chain.errors import InvalidHistoryItemError, InvalidUserIdError
-from curp_chain.history import (
+from curp_chain.interfaces.history import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
     NewHistoryItem,
@@ -249,8 +250,8 @@ def test_content_hash_depends_on_every_field() -> None:
 def test_add_history_refuses_a_bad_batch_before_encoding(
     encoder: Any, memory_store: Any, bad: Any, rule: str
 ) -> None:
-    from curp_chain.checkpoint import load_checkpoint
-    from curp_chain.personalizer import Personalizer
+    from curp_chain.model.checkpoint import load_checkpoint
+    from curp_chain.personalization.personalizer import Personalizer
 
     personalizer = Personalizer(load_checkpoint(), encoder, memory_store)
     with pytest.raises(InvalidHistoryItemError) as caught:

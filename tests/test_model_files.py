@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from curp_chain.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
-from curp_chain.config import CurpConfig
 from curp_chain.errors import BackendError, CheckpointError, CurpError, ModelFileNotFoundError
+from curp_chain.model.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from curp_chain.model.config import CurpConfig
 from curp_chain.training.initialize import initial_model
 
 
@@ -29,7 +29,7 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path, bad: floa
 
 
 def test_missing_gguf_is_a_file_not_found_project_error(tmp_path: Path) -> None:
-    from curp_chain_integrations.llamacpp import LlamaCppBackend
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     missing = tmp_path / "nowhere.gguf"
     with pytest.raises(ModelFileNotFoundError, match="nowhere.gguf") as caught:
@@ -49,7 +49,7 @@ def test_missing_gguf_is_a_file_not_found_project_error(tmp_path: Path) -> None:
 def test_unloadable_gguf_is_a_backend_error_naming_file_and_reason(
     tmp_path: Path, damage: object, reason: str
 ) -> None:
-    from curp_chain_integrations.llamacpp import LlamaCppBackend, smollm2_gguf_path
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend, smollm2_gguf_path
 
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(damage(smollm2_gguf_path().read_bytes()))  # type: ignore[operator]
@@ -59,7 +59,11 @@ def test_unloadable_gguf_is_a_backend_error_naming_file_and_reason(
 
 
 def test_model_id_comes_from_the_gguf_metadata(tmp_path: Path) -> None:
-    from curp_chain_integrations.llamacpp import SMOLLM2_ID, LlamaCppBackend, smollm2_gguf_path
+    from curp_chain_integrations.backends.llamacpp import (
+        SMOLLM2_ID,
+        LlamaCppBackend,
+        smollm2_gguf_path,
+    )
 
     copy = tmp_path / "renamed-anything.gguf"
     shutil.copyfile(smollm2_gguf_path(), copy)
@@ -71,8 +75,8 @@ def test_model_id_comes_from_the_gguf_metadata(tmp_path: Path) -> None:
 
 
 def test_bundled_gguf_named_explicitly_is_accepted_by_the_bundled_checkpoint() -> None:
-    from curp_chain.chat_model import CurpChatModel
-    from curp_chain_integrations.llamacpp import smollm2_gguf_path
+    from curp_chain.chat.chat_model import CurpChatModel
+    from curp_chain_integrations.backends.llamacpp import smollm2_gguf_path
 
     model = CurpChatModel(model_path=str(smollm2_gguf_path()), max_tokens=4)
     reply = model.invoke("Say hi.")
@@ -80,8 +84,8 @@ def test_bundled_gguf_named_explicitly_is_accepted_by_the_bundled_checkpoint() -
 
 
 def test_scrambled_gguf_weights_give_a_backend_error_not_an_empty_reply(tmp_path: Path) -> None:
-    from curp_chain.protocols import GenerationParams, SoftPrompt
-    from curp_chain_integrations.llamacpp import LlamaCppBackend
+    from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend(_scrambled_copy(tmp_path), n_ctx=256, n_threads=1)
     try:
@@ -93,7 +97,7 @@ def test_scrambled_gguf_weights_give_a_backend_error_not_an_empty_reply(tmp_path
 
 
 def test_non_finite_soft_tokens_are_refused() -> None:
-    from curp_chain.personalizer import check_soft_tokens
+    from curp_chain.personalization.personalizer import check_soft_tokens
 
     soft = torch.zeros(2, 3).numpy()
     soft[1, 2] = float("nan")
@@ -103,8 +107,8 @@ def test_non_finite_soft_tokens_are_refused() -> None:
 
 @pytest.mark.slow
 def test_broken_transformers_weights_cache_is_rebuilt() -> None:
-    from curp_chain_integrations.hf import CACHE_MANIFEST, _cache_dir, load_gguf_as_hf
-    from curp_chain_integrations.llamacpp import smollm2_gguf_path
+    from curp_chain_integrations.backends.hf import CACHE_MANIFEST, _cache_dir, load_gguf_as_hf
+    from curp_chain_integrations.backends.llamacpp import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     model, _ = load_gguf_as_hf(gguf)  # builds the cache, or reuses the session's
@@ -126,7 +130,7 @@ def test_broken_transformers_weights_cache_is_rebuilt() -> None:
 
 
 def _scrambled_copy(tmp_path: Path) -> Path:
-    from curp_chain_integrations.llamacpp import smollm2_gguf_path
+    from curp_chain_integrations.backends.llamacpp import smollm2_gguf_path
 
     data = bytearray(smollm2_gguf_path().read_bytes())
     # 0xFF bytes over the second half (tensor data): f16 block scales become NaN.
@@ -139,8 +143,8 @@ def _scrambled_copy(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_scrambled_gguf_weights_give_a_backend_error_through_transformers(tmp_path: Path) -> None:
-    from curp_chain.protocols import GenerationParams, SoftPrompt
-    from curp_chain_integrations.hf import TransformersBackend
+    from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt
+    from curp_chain_integrations.backends.hf import TransformersBackend
 
     backend = TransformersBackend(_scrambled_copy(tmp_path), use_cache=False)
     prompt = SoftPrompt("<|im_start|>user\nHi<|im_end|>\n", None, "<|im_start|>assistant\n")
@@ -161,7 +165,7 @@ class _SilentModel:
         return getattr(self._backend, name)
 
     def stream(self, prompt, params):  # type: ignore[no-untyped-def]
-        from curp_chain.protocols import GenerationChunk
+        from curp_chain.interfaces.protocols import GenerationChunk
 
         n_input = self._backend.count_tokens(prompt.before + prompt.after)
         usage = {"input_tokens": n_input, "output_tokens": 0, "soft_tokens": 0}
@@ -172,7 +176,7 @@ def test_an_empty_generation_is_an_error_not_a_personalized_empty_reply(
     llama_backend,  # type: ignore[no-untyped-def]
     memory_store,
 ) -> None:
-    from curp_chain.chat_model import CurpChatModel
+    from curp_chain.chat.chat_model import CurpChatModel
 
     model = CurpChatModel(backend=_SilentModel(llama_backend), history_store=memory_store)
     model.add_history("ana", ["Morning swim, 2 km in the lake."])

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from curp_chain.checkpoint import load_checkpoint
-from curp_chain.personalizer import Personalizer
+from curp_chain.model.checkpoint import load_checkpoint
+from curp_chain.personalization.personalizer import Personalizer
 from curp_chain_stores import SQLHistoryStore
 
 QUERY = "Paraphrase the following tweet: off to the beach this weekend"

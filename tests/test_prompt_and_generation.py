@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from curp_chain.chat.structured import with_format_instruction
 from curp_chain.errors import CurpError, InvalidGenerationParamsError
-from curp_chain.generation import (
+from curp_chain.interfaces.protocols import GenerationChunk, GenerationParams
+from curp_chain.runtime.generation import (
     Feed,
     TokenSampler,
     banned_by_ngrams,
@@ -16,9 +18,7 @@ from curp_chain.generation import (
     find_stop,
     token_logprob,
 )
-from curp_chain.prompt import SOFT_MARKER, ChatTurn, build_soft_prompt, render_chat
-from curp_chain.protocols import GenerationChunk, GenerationParams
-from curp_chain.structured import with_format_instruction
+from curp_chain.runtime.prompt import SOFT_MARKER, ChatTurn, build_soft_prompt, render_chat
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"

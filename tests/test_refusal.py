@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from curp_chain.refusal import is_degenerate, is_refusal, refusal_rate, refusal_reason
+from curp_chain.data.refusal import is_degenerate, is_refusal, refusal_rate, refusal_reason
 
 REFUSALS = [
     # Disclaimers: the model talks about being a chatbot instead of answering.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from curp_chain.errors import BackendError, QueueFullError, RequestTimeoutError
-from curp_chain.scheduler import RequestScheduler, RoundWork
+from curp_chain.runtime.scheduler import RequestScheduler, RoundWork
 
 
 def counter(

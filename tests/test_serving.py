@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from curp_chain import CurpChatModel
 from curp_chain.errors import QueueFullError, RequestTimeoutError
-from curp_chain.protocols import GenerationParams, SoftPrompt
+from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt
 
 HISTORIES = {
     "runner": ["Sunrise trail run: 18 km.", "Marathon week 12, long run 32 km."],
@@ -164,7 +164,7 @@ async def test_each_users_reply_under_concurrency_matches_the_reply_alone(
 
 
 def test_threads_default_to_half_the_cores_and_are_checked(llama_backend) -> None:  # type: ignore[no-untyped-def]
-    from curp_chain_integrations.llamacpp import default_threads
+    from curp_chain_integrations.backends.llamacpp import default_threads
 
     assert llama_backend.n_threads == default_threads() == max(1, (os.cpu_count() or 2) // 2)
     with pytest.raises(ValidationError, match="n_threads"):
@@ -172,7 +172,7 @@ def test_threads_default_to_half_the_cores_and_are_checked(llama_backend) -> Non
 
 
 def test_a_full_queue_and_a_timeout_are_clear_errors(memory_store) -> None:  # type: ignore[no-untyped-def]
-    from curp_chain_integrations.llamacpp import LlamaCppBackend
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend(n_ctx=512, n_threads=1, slots=1, max_queued=1)
     assert backend.n_threads == 1
@@ -198,7 +198,7 @@ def test_a_full_queue_and_a_timeout_are_clear_errors(memory_store) -> None:  # t
 def test_concurrent_requests_decode_in_shared_rounds_on_parallel_workers(
     memory_store,  # type: ignore[no-untyped-def]
 ) -> None:
-    from curp_chain_integrations.llamacpp import LlamaCppBackend
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend(n_ctx=512, n_threads=1, slots=4, workers=2)
     assert backend.workers == backend.scheduler.lanes == 2
@@ -218,7 +218,7 @@ def test_concurrent_requests_decode_in_shared_rounds_on_parallel_workers(
 
 
 def test_workers_default_to_the_cores_the_threads_leave_and_at_most_slots() -> None:
-    from curp_chain_integrations.llamacpp import default_workers
+    from curp_chain_integrations.backends.llamacpp import default_workers
 
     cores = os.cpu_count() or 1
     assert default_workers(1, 0) == cores

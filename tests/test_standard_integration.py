@@ -18,7 +18,7 @@ from curp_chain import CurpChatModel
 def one_thread_backend() -> Any:
     """The default model (SmolLM2-135M-Instruct through llama.cpp) on one thread: CI
     machines run other work, and llama.cpp threads beyond the free cores spin-wait."""
-    from curp_chain_integrations.llamacpp import LlamaCppBackend
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     return LlamaCppBackend(n_threads=1)
 

@@ -25,8 +25,8 @@ from sqlalchemy import Engine, create_engine, event, func, inspect, make_url, se
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from curp_chain.errors import InvalidHistoryItemError, InvalidUserIdError, StoreError
-from curp_chain.history import MAX_ITEM_CHARS, HistoryItem, ItemCodes, NewHistoryItem
-from curp_chain.protocols import HistoryStore
+from curp_chain.interfaces.history import MAX_ITEM_CHARS, HistoryItem, ItemCodes, NewHistoryItem
+from curp_chain.interfaces.protocols import HistoryStore
 from curp_chain_stores import SQLHistoryStore, default_sqlite_url
 from curp_chain_stores.migrations import SCHEMA_VERSION
 from curp_chain_stores.models import Base

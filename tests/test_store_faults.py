@@ -19,7 +19,7 @@ from sqlalchemy import JSON, Column, MetaData, String, Table, Text, insert, insp
 from test_store import Database, _rows, database, store  # noqa: F401  (fixtures)
 
 from curp_chain.errors import StoreError
-from curp_chain.history import NewHistoryItem, content_hash
+from curp_chain.interfaces.history import NewHistoryItem, content_hash
 from curp_chain_stores import SQLHistoryStore
 from curp_chain_stores.migrations import SCHEMA_VERSION, _create_v1, schema_differences
 from curp_chain_stores.models import Base, ItemId, UTCDateTime
@@ -258,8 +258,8 @@ class _ForgetsAfterRead(SQLHistoryStore):
 def test_a_request_racing_forget_user_answers_as_for_an_unknown_user(
     encoder: Any, tmp_path: Path
 ) -> None:
-    from curp_chain.checkpoint import load_checkpoint
-    from curp_chain.personalizer import Personalizer
+    from curp_chain.model.checkpoint import load_checkpoint
+    from curp_chain.personalization.personalizer import Personalizer
 
     store = _ForgetsAfterRead(f"sqlite:///{tmp_path / 'race.sqlite'}")
     store.setup()
@@ -282,8 +282,8 @@ class _DeletesOneAfterRead(SQLHistoryStore):
 
 
 def test_a_request_racing_delete_items_uses_the_items_left(encoder: Any, tmp_path: Path) -> None:
-    from curp_chain.checkpoint import load_checkpoint
-    from curp_chain.personalizer import Personalizer
+    from curp_chain.model.checkpoint import load_checkpoint
+    from curp_chain.personalization.personalizer import Personalizer
 
     store = _DeletesOneAfterRead(f"sqlite:///{tmp_path / 'race.sqlite'}")
     store.setup()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curp_chain.config import CurpConfig
-from curp_chain.style import STYLE_DIM, STYLE_FEATURES, style_features, with_style
-from curp_chain.user_model import CurpUserModel
+from curp_chain.model.config import CurpConfig
+from curp_chain.model.style import STYLE_DIM, STYLE_FEATURES, style_features, with_style
+from curp_chain.model.user_model import CurpUserModel
 
 
 def feature(text: str, name: str) -> float:

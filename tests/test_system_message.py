@@ -6,9 +6,9 @@ from __future__ import annotations
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
-from curp_chain.checkpoint import LAMP7_CHECKPOINT
-from curp_chain.prompt import ChatTurn
-from curp_chain.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
+from curp_chain.chat.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
+from curp_chain.model.checkpoint import LAMP7_CHECKPOINT
+from curp_chain.runtime.prompt import ChatTurn
 
 
 def test_the_default_leads_only_requests_without_a_system_message() -> None:

@@ -12,10 +12,10 @@ from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from curp_chain import CurpChatModel
+from curp_chain.chat.tools.gate import decide
+from curp_chain.chat.tools.specs import resolve_tool_choice, tool_specs
 from curp_chain.errors import CurpError
-from curp_chain.prompt import ChatTurn, ToolCallTurn, render_chat
-from curp_chain.tool_gate import decide
-from curp_chain.tools import resolve_tool_choice, tool_specs
+from curp_chain.runtime.prompt import ChatTurn, ToolCallTurn, render_chat
 
 HISTORY = ["Sunrise trail run: 18 km.", "Marathon week 12, long run 32 km."]
 

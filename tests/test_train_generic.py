@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage
 
-from curp_chain.cli import main as curp_main
-from curp_chain.datasets import ExampleRecord, ItemRecord, Message, write_examples, write_histories
+from curp_chain.cli.main import main as curp_main
+from curp_chain.data.generic import (
+    ExampleRecord,
+    ItemRecord,
+    Message,
+    write_examples,
+    write_histories,
+)
 
 HAVE_MODELS = all(
     importlib.util.find_spec(name) is not None
@@ -72,8 +78,8 @@ def test_train_options_for_generic_data_are_checked(
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MODELS, reason="bundled models, accelerate or llama.cpp not installed")
 def test_generic_data_trains_a_checkpoint_that_serves(tmp_path: Path) -> None:
-    from curp_chain.chat_model import CurpChatModel
-    from curp_chain.checkpoint import load_checkpoint
+    from curp_chain.chat.chat_model import CurpChatModel
+    from curp_chain.model.checkpoint import load_checkpoint
 
     files = write_dataset(tmp_path / "data")
     common = ["--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--seed", "0"]

@@ -18,9 +18,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curp_chain.cli import main as curp_main
-from curp_chain.codebook import ProductQuantizer
-from curp_chain.training.align import derangement, lr_at
+from curp_chain.cli.main import main as curp_main
+from curp_chain.data.sources import SourceCache, check_paraphrase, cleanup_variant
+from curp_chain.data.users import (
+    UserTexts,
+    clean_tweet,
+    default_data_dir,
+    split_users,
+    target_order,
+    text_key,
+)
+from curp_chain.model.quantizer import ProductQuantizer
 from curp_chain.training.codebook import (
     balanced_kmeans,
     capacity_assign,
@@ -29,15 +37,8 @@ from curp_chain.training.codebook import (
     train_codebook,
     usage_loss,
 )
-from curp_chain.training.data import (
-    UserTexts,
-    clean_tweet,
-    default_data_dir,
-    split_users,
-    target_order,
-    text_key,
-)
-from curp_chain.training.sources import SourceCache, check_paraphrase, cleanup_variant
+from curp_chain.training.examples import derangement
+from curp_chain.training.loop import lr_at
 
 DATA = default_data_dir()
 HAVE_DATA = (DATA / "pan19" / "humans.jsonl").is_file() and (DATA / "lamp7").is_dir()
@@ -113,7 +114,7 @@ def test_source_cache_resumes_and_skips_partial_lines(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HAVE_MODELS, reason="bundled models not installed")
 def test_embedding_caches_of_two_runs_share_one_file(tmp_path: Path) -> None:
-    from curp_chain.encoder import SentenceEncoder
+    from curp_chain.model.encoder import SentenceEncoder
     from curp_chain.training.codebook import EmbeddingCache
 
     path = tmp_path / "embeddings.safetensors"
@@ -140,7 +141,7 @@ def test_cleanup_variant_normalises() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="no llama-cpp-python")
 @pytest.mark.skipif(not HAVE_MODELS, reason="bundled models not installed")
 def test_generate_sources_with_the_bundled_model(tmp_path: Path) -> None:
-    from curp_chain.defaults import open_llamacpp_backend
+    from curp_chain.runtime.defaults import open_llamacpp_backend
     from curp_chain.training.sources import generate_sources
 
     backend = open_llamacpp_backend(n_ctx=512)
@@ -201,7 +202,7 @@ def test_rejected_paraphrases_are_retried_with_sampling(hf_backend, tmp_path: Pa
 
 
 def test_personas_are_per_user_and_leave_sources_neutral() -> None:
-    from curp_chain.training.align import training_examples
+    from curp_chain.training.examples import training_examples
     from curp_chain.training.personas import apply_persona, persona_of
 
     assert persona_of("u1", 0.0, 0) == ()
@@ -294,7 +295,7 @@ def test_derangement_and_schedule() -> None:
 def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from curp_chain.training.cli import register
+    from curp_chain.cli.train import register
 
     parser = argparse.ArgumentParser(prog="curp")
     register(parser.add_subparsers(dest="command"))
@@ -325,7 +326,7 @@ def test_projector_options_that_cannot_work_are_refused(
 def test_config_file_sets_options_and_command_line_wins(tmp_path: Path) -> None:
     import argparse
 
-    from curp_chain.training.cli import apply_config_file, register
+    from curp_chain.cli.train import apply_config_file, register
 
     config = tmp_path / "run.toml"
     config.write_text('max_steps = 7\nlr = 0.5\nout = "x"\n')
@@ -335,7 +336,7 @@ def test_config_file_sets_options_and_command_line_wins(tmp_path: Path) -> None:
     apply_config_file(args)
     assert (args.max_steps, args.lr, args.out) == (7, 0.25, "x")
     # A run's saved train_config.json repeats it.
-    from curp_chain.training.cli import TRAIN_CONFIG_FILE, save_train_config
+    from curp_chain.cli.train import TRAIN_CONFIG_FILE, save_train_config
 
     first = parser.parse_args(["train", "codebook", "--out", str(tmp_path / "cb"), "--steps", "9"])
     save_train_config(first, tmp_path / "cb")
@@ -354,7 +355,7 @@ def test_config_file_sets_options_and_command_line_wins(tmp_path: Path) -> None:
 def test_a_typed_flag_wins_over_the_config_file_even_at_its_default(tmp_path: Path) -> None:
     import argparse
 
-    from curp_chain.training.cli import TRAIN_CONFIG_FILE, register, resolve_options
+    from curp_chain.cli.train import TRAIN_CONFIG_FILE, register, resolve_options
     from curp_chain.training.options import ProjectorOptions, field_help
 
     parser = argparse.ArgumentParser(prog="curp")
@@ -374,7 +375,7 @@ def test_a_typed_flag_wins_over_the_config_file_even_at_its_default(tmp_path: Pa
         True,
     )
     # The saved train_config.json repeats the run: resolved again, it is the same model.
-    from curp_chain.training.cli import save_train_config
+    from curp_chain.cli.train import save_train_config
 
     saved = save_train_config(args, tmp_path / "run", options)
     assert saved.name == TRAIN_CONFIG_FILE
@@ -395,9 +396,9 @@ def test_a_typed_flag_wins_over_the_config_file_even_at_its_default(tmp_path: Pa
 @pytest.mark.skipif(not HAVE_DATA, reason=f"shared data not found at {DATA}")
 @pytest.mark.skipif(not HAVE_MODELS, reason="bundled models or accelerate not installed")
 def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
-    from curp_chain.checkpoint import load_checkpoint
-    from curp_chain.task_prompt import TaskPrompt, load_task_prompt, save_task_prompt
-    from curp_chain.training.data import load_pan, user_order
+    from curp_chain.data.users import load_pan, user_order
+    from curp_chain.model.checkpoint import load_checkpoint
+    from curp_chain.model.task_prompt import TaskPrompt, load_task_prompt, save_task_prompt
 
     cache_dir = tmp_path / "cache"
     common = ["--cache-dir", str(cache_dir), "--max-users", "40", "--threads", "2"]
@@ -583,7 +584,8 @@ def test_reduced_run_of_both_stages(tmp_path: Path) -> None:
 
 
 def test_user_margin_loss_is_a_differentiable_hinge(hf_backend) -> None:  # type: ignore[no-untyped-def]
-    from curp_chain.training.align import Example, batch_loss, user_margin_loss
+    from curp_chain.training.examples import Example
+    from curp_chain.training.loss import batch_loss, user_margin_loss
 
     batch = [
         Example("a", (), "Paraphrase: I am happy today.", "so happy today!!"),

@@ -20,9 +20,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def vllm_backend(hf_backend):  # type: ignore[no-untyped-def]
-    from curp_chain_integrations.hf import _cache_dir
-    from curp_chain_integrations.llamacpp import smollm2_gguf_path
-    from curp_chain_integrations.vllm import VLLMBackend
+    from curp_chain_integrations.backends.hf import _cache_dir
+    from curp_chain_integrations.backends.llamacpp import smollm2_gguf_path
+    from curp_chain_integrations.backends.vllm import VLLMBackend
 
     folder = _cache_dir(smollm2_gguf_path())  # written by the transformers backend
     backend = VLLMBackend(folder, gpu_memory_utilization=0.3, max_model_len=2048)

@@ -1,6 +1,6 @@
 """`curp eval`: personalization methods compared on LaMP, quality and cost side by side.
 
-The names below load on first use, so importing one submodule (the LaMP loader, say) does
+The names below load on first use, so importing one submodule (the metrics, say) does
 not import the whole harness and its optional dependencies.
 """
 
@@ -12,7 +12,6 @@ from curp_chain._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from curp_chain.eval.harness import EvalConfig, EvalRun, Record, run_eval
-    from curp_chain.eval.lamp import LampExample, load_lamp
     from curp_chain.eval.methods import METHODS, MethodSettings
     from curp_chain.eval.metrics import clean_reply, rouge
     from curp_chain.eval.report import (
@@ -28,8 +27,6 @@ _HOMES = {
     "EvalRun": "harness",
     "Record": "harness",
     "run_eval": "harness",
-    "LampExample": "lamp",
-    "load_lamp": "lamp",
     "METHODS": "methods",
     "MethodSettings": "methods",
     "clean_reply": "metrics",
@@ -48,11 +45,9 @@ __all__ = [
     "METHODS",
     "EvalConfig",
     "EvalRun",
-    "LampExample",
     "MethodSettings",
     "Record",
     "clean_reply",
-    "load_lamp",
     "markdown_table",
     "paired_table",
     "plot",

@@ -33,9 +33,10 @@ from curp_chain.eval.methods import (
     parse_methods,
 )
 from curp_chain.eval.metrics import clean_reply, normalized, rouge
+from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt
 from curp_chain.locations import curp_home
-from curp_chain.protocols import GenerationParams, SoftPrompt
-from curp_chain.scoring import collate, teacher_forced_example, token_losses
+from curp_chain.runtime.defaults import default_gguf_path
+from curp_chain.runtime.scoring import collate, teacher_forced_example, token_losses
 from curp_chain.tasks import TASKS, Task, TaskExample, get_task
 
 logger = logging.getLogger(__name__)
@@ -275,9 +276,7 @@ class Harness:
     def model_fingerprint(self) -> dict[str, Any]:
         path = self.config.method_settings.model_path
         if path is None:
-            from curp_chain_integrations.llamacpp import smollm2_gguf_path
-
-            path = smollm2_gguf_path()
+            path = default_gguf_path()
         stat = path.stat()
         return {
             "llm": self.resources.llm.model_id,

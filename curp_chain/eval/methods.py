@@ -32,35 +32,31 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from curp_chain.checkpoint import (
+from curp_chain.errors import CheckpointError, CurpError, MissingDependencyError
+from curp_chain.eval.metrics import EVAL_INSTALL
+from curp_chain.interfaces.protocols import SoftPrompt, SoftPromptBackend, SoftVectors
+from curp_chain.model.checkpoint import (
     CHECKPOINTS,
     DEFAULT_CHECKPOINT,
     check_compatible,
     load_checkpoint,
 )
-from curp_chain.defaults import open_hf_backend, open_llamacpp_backend
-from curp_chain.encoder import SentenceEncoder
-from curp_chain.errors import CheckpointError, CurpError, MissingDependencyError
-from curp_chain.eval.metrics import EVAL_INSTALL
-from curp_chain.personalizer import Personalizer
-from curp_chain.prompt import ChatTurn, build_soft_prompt
-from curp_chain.protocols import SoftPrompt, SoftPromptBackend, SoftVectors
-from curp_chain.task_prompt import TaskPrompt, load_task_prompt
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.model.task_prompt import TaskPrompt, load_task_prompt
+from curp_chain.model.user_model import CurpUserModel
+from curp_chain.personalization.personalizer import Personalizer
+from curp_chain.runtime.defaults import open_hf_backend, open_llamacpp_backend
+from curp_chain.runtime.prompt import ChatTurn, build_soft_prompt
 from curp_chain.tasks import Lamp7Task, Task, TaskExample
-from curp_chain.user_model import CurpUserModel
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TASK_CHECKPOINT = CHECKPOINTS / "smollm2-135m-mix-task"
-"""The task-only baseline of :data:`~curp_chain.checkpoint.DEFAULT_CHECKPOINT`: a soft prompt
+"""The task-only baseline of :data:`~curp_chain.model.checkpoint.DEFAULT_CHECKPOINT`: a soft prompt
 of the same size trained on the same examples for the same steps, with no user input."""
 
-MIX_TASK_CHECKPOINT = DEFAULT_TASK_CHECKPOINT
-"""The same folder as :data:`DEFAULT_TASK_CHECKPOINT`, by the name it was first published
-under."""
-
 LAMP7_TASK_CHECKPOINT = CHECKPOINTS / "smollm2-135m-task"
-"""The task-only baseline of :data:`~curp_chain.checkpoint.LAMP7_CHECKPOINT`."""
+"""The task-only baseline of :data:`~curp_chain.model.checkpoint.LAMP7_CHECKPOINT`."""
 
 
 HISTORY_HEADER = Lamp7Task.history_header

@@ -3,7 +3,7 @@
 Each task module holds its data loader (the layout of ``../shared/data/<task>/``) and its
 request builder, shared by training and evaluation: a soft prompt is evaluated on exactly
 the request it was trained with. Every task writes the generic format of
-:mod:`curp_chain.datasets` (``curp data export TASK``).
+:mod:`curp_chain.data.generic` (``curp data export TASK``).
 """
 
 from __future__ import annotations

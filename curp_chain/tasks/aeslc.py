@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curp_chain.datasets import ExampleRecord, Histories, ItemRecord
+from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord
 from curp_chain.tasks.base import Task, TaskDataError, example_record, field, read_jsonl
 
 

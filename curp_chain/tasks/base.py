@@ -1,6 +1,6 @@
 """What every task shares: how its request is built, and its evaluation examples.
 
-A task turns its own data layout into the generic format (:mod:`curp_chain.datasets`):
+A task turns its own data layout into the generic format (:mod:`curp_chain.data.generic`):
 examples (request as chat turns, the user's reply as target) and histories. Training reads
 that format; evaluation reads it too, through :meth:`Task.eval_examples`, so a soft prompt
 is always evaluated on exactly the request it was trained with.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from curp_chain.datasets import ExampleRecord, Histories, ItemRecord, Message
+from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord, Message
 from curp_chain.errors import CurpError
-from curp_chain.prompt import ChatTurn
+from curp_chain.runtime.prompt import ChatTurn
 
 MAX_SOURCE_CHARS = 600
 """Longest text a request quotes (a Reddit parent, an email body): longer ones are cut at

@@ -21,8 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curp_chain.datasets import ExampleRecord, Histories, ItemRecord
-from curp_chain.prompt import ChatTurn
+from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord
+from curp_chain.data.sources import SourceCache
+from curp_chain.data.users import (
+    UserTexts,
+    clean_profile,
+    default_cache_dir,
+    default_data_dir,
+    load_pan,
+    split_users,
+)
+from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks.base import ProfileItem, Task, TaskDataError, TaskExample, example_record
 
 QUESTIONS_FILE = "questions.json"
@@ -185,6 +194,26 @@ class Lamp7Task(Task):
         return examples, histories
 
 
+def _lamp7(data_dir: str | Path | None) -> list[LampExample]:
+    return load_lamp(Path(data_dir or default_data_dir()) / "lamp7")
+
+
+def load_lamp7_profiles(data_dir: str | Path | None = None) -> list[UserTexts]:
+    """The LaMP-7 users' profile tweets (never their gold outputs)."""
+    users = []
+    for example in _lamp7(data_dir):
+        texts = clean_profile(example.profile_texts)
+        if texts:
+            users.append(UserTexts(f"lamp7:{example.id}", "lamp7", texts))
+    return users
+
+
+def load_lamp7_validation(data_dir: str | Path | None = None) -> list[LampExample]:
+    """The LaMP-7 queries whose profile holds at least one item, with their golds. For
+    validation only."""
+    return [example for example in _lamp7(data_dir) if clean_profile(example.profile_texts)]
+
+
 def training_records(
     data_dir: str | Path | None,
     sources: str | Path | None = None,
@@ -196,9 +225,6 @@ def training_records(
     """PAN 2019 training users (the held-out ones left out, as `curp train` splits them)
     as generic examples: for each tweet with an accepted source, the LaMP-7 request on the
     source and the tweet as the target (``item_id`` names it in the history)."""
-    from curp_chain.training.data import default_cache_dir, load_pan, split_users
-    from curp_chain.training.sources import SourceCache
-
     path = Path(sources or default_cache_dir() / "sources-smollm2.jsonl")
     if not path.is_file():
         raise TaskDataError(f"{path} not found: run `curp train sources` first, or pass --sources")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from curp_chain.datasets import ExampleRecord, Histories, ItemRecord
-from curp_chain.prompt import ChatTurn
+from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord
+from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks.base import Task, TaskDataError, cut, example_record, field, read_jsonl
 
 CONTEXT_TURNS = 2

@@ -3,11 +3,11 @@
 The LLM and the sentence encoder stay frozen. The aggregator and projector (and, with
 ``train_codebook``, the prototypes) learn to lower the next-token loss of what a user wrote,
 given the request and the user's other items as history. The prompt is built by
-:func:`curp_chain.prompt.build_soft_prompt` and scored by :mod:`curp_chain.scoring`, the
-same code the runtime and the evaluation use, so the soft tokens sit exactly where they
-will be served.
+:func:`curp_chain.runtime.prompt.build_soft_prompt` and scored by
+:mod:`curp_chain.runtime.scoring`, the same code the runtime and the evaluation use, so the
+soft tokens sit exactly where they will be served.
 
-With ``task_only`` the same loop trains a :class:`~curp_chain.task_prompt.TaskPrompt`: as
+With ``task_only`` the same loop trains a :class:`~curp_chain.model.task_prompt.TaskPrompt`: as
 many free soft vectors as CURP has soft tokens, the same for every user, on the same
 examples and budget. It is the baseline that tells personalization from task adaptation.
 
@@ -17,7 +17,7 @@ to four conditions: the user's own soft tokens, another user's (shuffled), none,
 task-only prompt.
 
 Training runs through ``accelerate``: one process on a CPU, and the same command on one or
-more GPUs (``accelerate launch -m curp_chain.training.cli train projector ...``), where
+more GPUs (``accelerate launch -m curp_chain.cli.train train projector ...``), where
 each process takes its share of every batch and gradients are averaged across processes.
 
 The parts live in their own modules: examples, batching, loss, loop, state, validation.
@@ -37,45 +37,25 @@ import torch
 from torch import Tensor, nn
 
 from curp_chain.errors import CurpError
-from curp_chain.training.batching import Encoded, encode_examples, pad_items
+from curp_chain.training.batching import Encoded, encode_examples
 from curp_chain.training.examples import (
     Example,
-    derangement,
     load_generic,
     training_examples,
     validation_examples,
 )
-from curp_chain.training.loop import LoopResult, lr_at, train_loop
-from curp_chain.training.loss import SoftTokenSource, batch_loss, user_margin_loss
+from curp_chain.training.loop import LoopResult, train_loop
+from curp_chain.training.loss import SoftTokenSource
 from curp_chain.training.options import ProjectorOptions
-from curp_chain.training.validation import CONDITIONS, generation_sample, validate
+from curp_chain.training.validation import generation_sample, validate
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "CONDITIONS",
-    "Encoded",
-    "Example",
-    "LoopResult",
-    "SoftTokenSource",
-    "batch_loss",
-    "derangement",
-    "encode_examples",
-    "generation_sample",
-    "lr_at",
-    "pad_items",
-    "run_projector_stage",
-    "training_examples",
-    "user_margin_loss",
-    "validate",
-    "validation_examples",
-]
 
 
 def starting_prompt(folder: str | Path, num_tokens: int, hidden_size: int) -> Tensor:
     """The vectors (T, H) of the task-only checkpoint in ``folder``, checked to fit a run
     with ``num_tokens`` soft tokens of ``hidden_size``."""
-    from curp_chain.task_prompt import load_task_prompt
+    from curp_chain.model.task_prompt import load_task_prompt
 
     vectors = load_task_prompt(folder).vectors.detach()
     if tuple(vectors.shape) != (num_tokens, hidden_size):
@@ -90,7 +70,7 @@ def starting_prompt(folder: str | Path, num_tokens: int, hidden_size: int) -> Te
 
 
 def _task_prompt_module(options: ProjectorOptions, lm: Any, user_model: Any, tokens: int) -> Any:
-    from curp_chain.task_prompt import TaskPrompt, TaskPromptConfig
+    from curp_chain.model.task_prompt import TaskPrompt, TaskPromptConfig
 
     torch.manual_seed(options.seed)
     task_prompt = TaskPrompt(
@@ -183,7 +163,7 @@ class StageData:
 
 def validation_data(options: ProjectorOptions, *, max_history: int) -> StageData:
     """Validation examples (and, for the generic format, the training ones read with them)."""
-    from curp_chain.training.data import load_lamp7_validation
+    from curp_chain.tasks.lamp7 import load_lamp7_validation
 
     if options.examples:
         assert options.histories is not None  # the options' validator checks it
@@ -211,14 +191,14 @@ def lamp7_training_data(
 ) -> tuple[list[Example], dict[str, Any]]:
     """The LaMP-7 adapter's training examples: PAN training users with accepted paraphrase
     sources, and what to record about them."""
-    from curp_chain.training.data import (
+    from curp_chain.data.sources import SourceCache
+    from curp_chain.data.users import (
         default_cache_dir,
         default_data_dir,
         load_pan,
         split_users,
         user_order,
     )
-    from curp_chain.training.sources import SourceCache
 
     seed = options.seed
     users = load_pan(options.data_dir, max_users=options.max_users)
@@ -330,12 +310,12 @@ def open_stage(options: ProjectorOptions) -> Stage:
     """Load the LLM, the starting checkpoint, what trains, the encoder and its cache."""
     from accelerate import Accelerator
 
-    from curp_chain.checkpoint import load_checkpoint
-    from curp_chain.defaults import open_hf_backend
-    from curp_chain.encoder import SentenceEncoder
-    from curp_chain.task_prompt import load_task_prompt
+    from curp_chain.data.users import default_cache_dir
+    from curp_chain.model.checkpoint import load_checkpoint
+    from curp_chain.model.encoder import SentenceEncoder
+    from curp_chain.model.task_prompt import load_task_prompt
+    from curp_chain.runtime.defaults import open_hf_backend
     from curp_chain.training.codebook import EmbeddingCache, embedding_cache_path
-    from curp_chain.training.data import default_cache_dir
 
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -392,8 +372,8 @@ def _save(
     provenance: dict[str, Any],
 ) -> None:
     """Write the history, the samples and the trained checkpoint (main process only)."""
-    from curp_chain.checkpoint import save_checkpoint
-    from curp_chain.task_prompt import save_task_prompt
+    from curp_chain.model.checkpoint import save_checkpoint
+    from curp_chain.model.task_prompt import save_task_prompt
 
     logger.info("final validation %s", json.dumps(summary["validation"]))
     for sample in samples:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curp_chain.style import with_style
+from curp_chain.model.style import with_style
 from curp_chain.training.examples import Example
 
 

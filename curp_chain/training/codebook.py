@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from curp_chain.codebook import ProductQuantizer, squared_distances
-from curp_chain.encoder import SentenceEncoder
+from curp_chain.data.users import text_key
 from curp_chain.errors import CurpError
-from curp_chain.training.data import text_key
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.model.quantizer import ProductQuantizer, squared_distances
 from curp_chain.training.options import CodebookOptions
 
 logger = logging.getLogger(__name__)
@@ -316,8 +316,8 @@ def history_texts(texts: Sequence[str], exclude: str | None, limit: int) -> list
 def generic_users(options: CodebookOptions) -> list[Any]:
     """The users of ``--histories`` (a file or store URL) with at least two items; with
     ``--examples``, only the users that have examples."""
-    from curp_chain.datasets import read_examples, read_histories
-    from curp_chain.training.data import UserTexts
+    from curp_chain.data.generic import read_examples, read_histories
+    from curp_chain.data.users import UserTexts
 
     assert options.histories is not None
     histories = read_histories(options.histories)
@@ -336,8 +336,8 @@ def codebook_config(options: CodebookOptions) -> Any:
     """The checkpoint config of the run: with style features, the encoder vector is cut
     into parts as wide as the style vector, so that the style features are one subspace of
     their own."""
-    from curp_chain.config import CurpConfig
-    from curp_chain.style import STYLE_DIM
+    from curp_chain.model.config import CurpConfig
+    from curp_chain.model.style import STYLE_DIM
 
     style_dim = STYLE_DIM if options.style else 0
     encoder_dim = CurpConfig.model_fields["encoder_dim"].default
@@ -365,7 +365,8 @@ class CodebookTexts:
 
 
 def codebook_texts(options: CodebookOptions) -> CodebookTexts:
-    from curp_chain.training.data import load_lamp7_profiles, load_pan, split_users, user_order
+    from curp_chain.data.users import load_pan, split_users, user_order
+    from curp_chain.tasks.lamp7 import load_lamp7_profiles
     from curp_chain.training.personas import apply_persona, persona_of
 
     seed = options.seed
@@ -412,7 +413,7 @@ def save_codebook(
     """The checkpoint (codebook trained, the rest at its seeded start) and its report."""
     import json
 
-    from curp_chain.checkpoint import save_checkpoint
+    from curp_chain.model.checkpoint import save_checkpoint
 
     model.config = config.model_copy(
         update={
@@ -439,8 +440,8 @@ def run_codebook_stage(options: CodebookOptions, command: str | None = None) -> 
     codebook is trained (aggregator and projector at their seeded initialisation), plus
     ``codebook_report.json``; returns the report.
     """
-    from curp_chain.style import with_style
-    from curp_chain.training.data import default_cache_dir
+    from curp_chain.data.users import default_cache_dir
+    from curp_chain.model.style import with_style
     from curp_chain.training.initialize import initial_model
 
     start = time.monotonic()

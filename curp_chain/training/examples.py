@@ -1,6 +1,6 @@
 """Stage 2's examples: what a user's history is, what they were asked, what they wrote.
 
-Two sources build them: the generic format (:mod:`curp_chain.datasets`: any task, any
+Two sources build them: the generic format (:mod:`curp_chain.data.generic`: any task, any
 users) and the LaMP-7 adapter's own path (PAN 2019 users with paraphrase sources, LaMP-7
 users for validation), which predates the format and repeats earlier runs exactly.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curp_chain.datasets import (
+from curp_chain.data.generic import (
     ExampleRecord,
     Histories,
     check_users,
@@ -21,10 +21,10 @@ from curp_chain.datasets import (
     read_examples,
     read_histories,
 )
+from curp_chain.data.users import clean_profile, is_held_out
 from curp_chain.errors import CurpError
-from curp_chain.prompt import ChatTurn
+from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks.lamp7 import LAMP7_INSTRUCTION, LampExample, paraphrase_turns
-from curp_chain.training.data import clean_profile, is_held_out
 
 MAX_PROMPT_CHARS = 600
 """Longest turn of a request in training: longer ones are cut, bounding sequence lengths."""
@@ -86,9 +86,9 @@ def training_examples(
     ``cleanup_fraction`` of them additionally appear with a clean-up variant as source.
     ``persona_fraction`` of the users have all their tweets, history and target, rewritten
     by a style persona (:mod:`curp_chain.training.personas`); sources stay neutral."""
+    from curp_chain.data.sources import cleanup_variant
     from curp_chain.training.codebook import history_texts
     from curp_chain.training.personas import apply_persona, persona_of
-    from curp_chain.training.sources import cleanup_variant
 
     rng = random.Random(seed)
     examples = []

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from curp_chain.checkpoint import save_checkpoint
-from curp_chain.config import CurpConfig
-from curp_chain.user_model import CurpUserModel
+from curp_chain.model.checkpoint import save_checkpoint
+from curp_chain.model.config import CurpConfig
+from curp_chain.model.user_model import CurpUserModel
 
 
 def initial_model(config: CurpConfig, seed: int = 0) -> CurpUserModel:

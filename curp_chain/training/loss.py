@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from curp_chain.prompt import build_soft_prompt
-from curp_chain.scoring import collate, teacher_forced_example, token_losses
+from curp_chain.runtime.prompt import build_soft_prompt
+from curp_chain.runtime.scoring import collate, teacher_forced_example, token_losses
 from curp_chain.training.examples import Example
 
 
@@ -38,7 +38,7 @@ class SoftTokenSource(nn.Module):
 
     @property
     def task_only(self) -> bool:
-        from curp_chain.task_prompt import TaskPrompt
+        from curp_chain.model.task_prompt import TaskPrompt
 
         return isinstance(self.module, TaskPrompt)
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from curp_chain.datasets import ExampleRecord, Histories
+from curp_chain.data.generic import ExampleRecord, Histories
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class CodebookOptions(GenericDataOptions):
     projector` does (same users, same personas)"""
     style: bool = True
     """append the item's style features (casing, punctuation, mentions, emoji;
-    curp_chain.style) to the encoder vector, as a codebook subspace of their own"""
+    curp_chain.model.style) to the encoder vector, as a codebook subspace of their own"""
     codebook_size: int = Field(default=64, ge=2)
     """K: prototypes per subspace"""
     max_history: int = Field(default=24, ge=1)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curp_chain.prompt import build_soft_prompt
-from curp_chain.protocols import GenerationParams, SoftPrompt
+from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt
+from curp_chain.runtime.prompt import build_soft_prompt
 from curp_chain.training.batching import Encoded, pad_items
 from curp_chain.training.examples import Example, derangement
 from curp_chain.training.loss import SoftTokenSource, batch_loss

@@ -1,5 +1,5 @@
 """LLM backends for curp-chain that accept soft prompts: llama.cpp and transformers.
 
-Import the backend modules directly (``curp_chain_integrations.llamacpp``,
-``curp_chain_integrations.hf``); each needs its own optional dependencies.
+Import the backend modules directly (``curp_chain_integrations.backends.llamacpp``,
+``curp_chain_integrations.backends.hf``); each needs its own optional dependencies.
 """

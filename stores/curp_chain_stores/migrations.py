@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 
 from curp_chain.errors import StoreError
-from curp_chain.history import NewHistoryItem, content_hash
+from curp_chain.interfaces.history import NewHistoryItem, content_hash
 from curp_chain_stores.models import NAMING_CONVENTION, Base, ItemId, UTCDateTime
 
 logger = logging.getLogger(__name__)

@@ -123,7 +123,7 @@ class HistoryItemRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # `metadata` is reserved on declarative classes, hence the attribute name.
     item_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
-    # `curp_chain.history.content_hash` of the item as given (schema v2). Nullable only
+    # `curp_chain.interfaces.history.content_hash` of the item as given (schema v2). Nullable only
     # because SQLite cannot add a NOT NULL column to a filled table; every row has one.
     content_hash: Mapped[str | None] = mapped_column(String(CONTENT_HASH_CHARS), nullable=True)
 

@@ -1,4 +1,4 @@
-"""`SQLHistoryStore`: the `curp_chain.protocols.HistoryStore` on SQLite or PostgreSQL."""
+"""`SQLHistoryStore`: the `curp_chain.interfaces.protocols.HistoryStore` on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from curp_chain.errors import InvalidHistoryItemError, StoreError
-from curp_chain.history import (
+from curp_chain.interfaces.history import (
     HistoryItem,
     ItemCodes,
     NewHistoryItem,
@@ -176,7 +176,7 @@ class SQLHistoryStore:
     def count_by_hash(self, user_id: str, hashes: Sequence[str]) -> dict[str, int]:
         """How many of the user's stored items have each content hash (absent: none).
 
-        `curp_chain.history.content_hash` gives an item's hash; a rerun of an interrupted
+        `curp_chain.interfaces.history.content_hash` gives an item's hash; a rerun of an interrupted
         ingest uses this to skip what an earlier run already stored.
         """
         user_id = validation.check_user_id(user_id)

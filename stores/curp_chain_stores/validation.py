@@ -1,4 +1,4 @@
-"""Checks the store adds to `curp_chain.history`'s, run before any database work.
+"""Checks the store adds to `curp_chain.interfaces.history`'s, run before any database work.
 
 The core checks what every store needs; these cover what a SQL column needs on top
 (lengths, JSON, text PostgreSQL accepts), so a bad batch fails with a project error that
@@ -12,14 +12,15 @@ from numbers import Integral
 from typing import TypeVar, cast
 
 from curp_chain.errors import InvalidHistoryItemError, InvalidUserIdError
-from curp_chain.history import NewHistoryItem, normalize_items, validate_user_id
+from curp_chain.interfaces.history import NewHistoryItem, normalize_items, validate_user_id
 from curp_chain_stores.models import MAX_CODE, MAX_CODEBOOK_VERSION_CHARS, MAX_KIND_CHARS
 
 Key = TypeVar("Key")
 
 
 def check_user_id(user_id: object) -> str:
-    """The core's user id policy (`curp_chain.history.validate_user_id`), then the column's."""
+    """The core's user id policy (`curp_chain.interfaces.history.validate_user_id`), then
+    the column's."""
     user_id = validate_user_id(user_id)
     if "\x00" in user_id or not _is_utf8(user_id):  # the policy refuses these; last line
         raise InvalidUserIdError(

@@ -1,0 +1,1 @@
+"""Chat: the LangChain chat model, its messages, structured output, system message and tools."""

@@ -1,0 +1,1 @@
+"""Tool calling: tool specs, their prompt, the relevance gate, constrained decoding, streaming."""

@@ -1,0 +1,1 @@
+"""The torch model: config, quantizer, user model, encoder, style features, checkpoints."""

@@ -1,0 +1,1 @@
+"""Personalization: the personalizer, history ingest, conversation memory, inspection."""

@@ -1,0 +1,157 @@
+"""History in, soft tokens out: the encoder, the CURP user model and a history store together.
+
+This is the part of curp-chain that knows nothing about LangChain or about the LLM
+backend; CurpChatModel, the CLI and the evaluation harness all use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from curp_chain.errors import CheckpointError, CurpError
+from curp_chain.interfaces.history import (
+    HistoryItem,
+    ItemCodes,
+    NewHistoryItem,
+    normalize_items,
+    validate_user_id,
+)
+from curp_chain.interfaces.protocols import HistoryStore, SoftVectors
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.model.folded import FoldedUserModel
+from curp_chain.model.user_model import CurpUserModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """The soft tokens for one request, and what made them (for response_metadata)."""
+
+    soft: SoftVectors | None
+    user_id: str | None
+    history_items: int = 0
+    prototypes: list[dict[str, int]] = field(default_factory=list)
+    reason: str | None = None
+    """Why the reply is not personalized (no user, no history), else None."""
+
+    @property
+    def personalized(self) -> bool:
+        return self.soft is not None
+
+
+def top_prototypes(codes: Sequence[Sequence[int]], limit: int = 8) -> list[dict[str, int]]:
+    """The (subspace, prototype) pairs most used across a user's items, most used first."""
+    counts = Counter((m, int(k)) for row in codes for m, k in enumerate(row))
+    return [{"subspace": m, "prototype": k, "items": n} for (m, k), n in counts.most_common(limit)]
+
+
+def check_soft_tokens(soft: SoftVectors) -> SoftVectors:
+    """The soft tokens, or CheckpointError if any is NaN or infinite: the LLM would answer
+    with an empty or garbage reply that still looks personalized."""
+    if not np.isfinite(soft).all():
+        raise CheckpointError(
+            "the CURP model produced NaN or infinite soft tokens; its checkpoint is damaged"
+        )
+    return soft
+
+
+class Personalizer:
+    """Encodes history at write time and turns a user's cached codes into soft tokens."""
+
+    def __init__(
+        self,
+        user_model: CurpUserModel,
+        encoder: SentenceEncoder,
+        store: HistoryStore | None = None,
+    ):
+        self.user_model = user_model.eval()
+        # The per-request path: the same function as user_model, without its overhead.
+        self.folded = FoldedUserModel(self.user_model)
+        self.encoder = encoder
+        self._store = store
+        self.codebook_version = user_model.quantizer.version(user_model.config.item_encoder_id)
+
+    @property
+    def store(self) -> HistoryStore:
+        if self._store is None:
+            raise CurpError("this Personalizer has no history store; pass one to store histories")
+        return self._store
+
+    @torch.inference_mode()
+    def encode_codes(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """(N, M) int codes of texts, through the frozen encoder and the codebook."""
+        vectors = self.item_vectors(texts, progress=progress)
+        return self.user_model.quantizer.encode(vectors).numpy().astype(np.int64)
+
+    def item_vectors(self, texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
+        """(N, D) vectors of texts as the codebook sees them (encoder vector + style)."""
+        encoded = self.encoder.encode(texts, progress=progress)
+        return self.user_model.item_vectors(encoded, texts)
+
+    def add_history(
+        self,
+        user_id: str,
+        items: Iterable[str | NewHistoryItem],
+        *,
+        truncate: bool = False,
+        progress: bool = False,
+        replacing: Sequence[int] = (),
+    ) -> list[HistoryItem]:
+        """Validate, encode once and store items with their codes, all or nothing; the
+        user's items with ids in ``replacing`` are deleted in the same transaction."""
+        user_id = validate_user_id(user_id)
+        batch = normalize_items(items, truncate=truncate)
+        codes = self.encode_codes([item.text for item in batch], progress=progress)
+        if not replacing:  # the plain call, which every HistoryStore has always taken
+            return self.store.add_items(user_id, batch, codes.tolist(), self.codebook_version)
+        return self.store.add_items(
+            user_id, batch, codes.tolist(), self.codebook_version, replacing=replacing
+        )
+
+    def user_codes(self, user_id: str) -> list[ItemCodes]:
+        """The newest items' codes, encoding (once) any made with an older codebook."""
+        limit = self.user_model.config.max_history_items
+        cached = self.store.get_codes(user_id, self.codebook_version, limit=limit)
+        encoded = list(cached.encoded)
+        if cached.stale:
+            logger.info("re-encoding %d items of %s for a new codebook", len(cached.stale), user_id)
+            fresh = self.encode_codes([item.text for item in cached.stale])
+            mapping = {item.id: row.tolist() for item, row in zip(cached.stale, fresh, strict=True)}
+            saved = self.store.save_codes(mapping, self.codebook_version)
+            # Items deleted meanwhile (one by one, or with their user) are left out.
+            encoded += [ItemCodes(i, tuple(c)) for i, c in mapping.items() if i in saved]
+        return encoded
+
+    def soft_tokens_from_codes(
+        self, codes: Sequence[Sequence[int]], query: str, *, use_query_token: bool = True
+    ) -> SoftVectors:
+        """Soft tokens (T, H) from item codes (N, M) and the current query."""
+        codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))  # (N, M)
+        needs_query = self.user_model.config.query_aware and use_query_token
+        query_vector = self.item_vectors([query])[0] if needs_query else None
+        soft = self.folded.soft_tokens(codes_tensor, query_vector, use_query_token=use_query_token)
+        return check_soft_tokens(soft.numpy())
+
+    def personalize(self, user_id: str | None, query: str) -> Personalization:
+        """Soft tokens for ``user_id`` answering ``query``; none (with a reason) when the
+        user is unknown or has no history."""
+        if user_id is None:
+            return Personalization(None, None, reason="no user_id given")
+        user_id = validate_user_id(user_id)
+        items = self.user_codes(user_id)
+        if not items:
+            return Personalization(None, user_id, reason="user has no history")
+        codes = [item.codes for item in items]
+        return Personalization(
+            self.soft_tokens_from_codes(codes, query),
+            user_id,
+            history_items=len(items),
+            prototypes=top_prototypes(codes),
+        )

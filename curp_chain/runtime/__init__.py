@@ -1,0 +1,1 @@
+"""The backend-neutral runtime: prompt building, generation, scheduling, scoring, wiring."""

@@ -1,0 +1,1 @@
+"""LLM backends that take soft prompts: llama.cpp, transformers, vLLM."""

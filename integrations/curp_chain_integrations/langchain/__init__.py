@@ -1,0 +1,1 @@
+"""LangChain and LangGraph adapters: agents, the LangGraph store, message history."""
