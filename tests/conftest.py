@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # for annotations only: each fixture imports its class when first used
+    from curp_chain.model.encoder import SentenceEncoder
+    from curp_chain_integrations.backends.hf import TransformersBackend
+    from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
+    from curp_chain_stores import SQLHistoryStore
 
 # Tests never touch a user's real data directory or a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,28 +41,28 @@ def curp_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def llama_backend():  # type: ignore[no-untyped-def]
+def llama_backend() -> LlamaCppBackend:
     from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 
     return LlamaCppBackend(n_ctx=2048)
 
 
 @pytest.fixture(scope="session")
-def hf_backend():  # type: ignore[no-untyped-def]
+def hf_backend() -> TransformersBackend:
     from curp_chain_integrations.backends.hf import TransformersBackend
 
     return TransformersBackend()
 
 
 @pytest.fixture(scope="session")
-def encoder():  # type: ignore[no-untyped-def]
+def encoder() -> SentenceEncoder:
     from curp_chain.model.encoder import SentenceEncoder
 
     return SentenceEncoder()
 
 
 @pytest.fixture
-def memory_store():  # type: ignore[no-untyped-def]
+def memory_store() -> Iterator[SQLHistoryStore]:
     from curp_chain_stores import SQLHistoryStore
 
     store = SQLHistoryStore("sqlite://")

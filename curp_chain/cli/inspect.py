@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from curp_chain.cli.common import open_chat_model
+from curp_chain.cli.common import ModelOptions, open_chat_model
+from curp_chain.cli.options import add_command, parse_options
 from curp_chain.personalization.inspection import (
     Inspection,
     inspect_user,
@@ -22,6 +23,27 @@ DESCRIPTION = (
     "subspace's codes replaced by the population's most common prototype there, through the "
     "transformers backend on the same weights."
 )
+
+
+class InspectOptions(ModelOptions):
+    """`curp inspect`."""
+
+    user: str
+    """user id"""
+    codes: int = 2
+    """prototypes shown per subspace"""
+    examples: int = 3
+    """items shown per prototype"""
+    max_users: int = 1000
+    """users of the store read as the population"""
+    request: str | None = None
+    """score a reply to this request, subspace by subspace"""
+    reply: str | None = None
+    """the reply to score (default: the generated one)"""
+    max_tokens: int = 48
+    """longest generated reply to score, in tokens"""
+    plot: str | None = None
+    """draw the user's prototype usage against the store (PNG)"""
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -78,25 +100,28 @@ def _shift_lines(inspection: Inspection) -> list[str]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    model = open_chat_model(args)
+    options = parse_options(args, InspectOptions)
+    model = open_chat_model(options)
     personalizer = model.get_personalizer()
     inspection = inspect_user(
         personalizer,
-        args.user,
-        codes_per_subspace=args.codes,
-        examples=args.examples,
-        max_users=args.max_users,
+        options.user,
+        codes_per_subspace=options.codes,
+        examples=options.examples,
+        max_users=options.max_users,
     )
-    if args.request:
-        _score_reply(inspection, personalizer, model, args)
+    if options.request:
+        _score_reply(inspection, personalizer, model, options.request, options)
     print(format_report(inspection))
-    if args.plot:
-        plot_usage(inspection, args.plot)
-        print(f"\nplot written to {args.plot}")
+    if options.plot:
+        plot_usage(inspection, options.plot)
+        print(f"\nplot written to {options.plot}")
     return 0
 
 
-def _score_reply(inspection: Inspection, personalizer: Any, model: Any, args: Any) -> None:
+def _score_reply(
+    inspection: Inspection, personalizer: Any, model: Any, request: str, options: InspectOptions
+) -> None:
     from langchain_core.messages import HumanMessage
 
     from curp_chain.chat.chat_model import to_chat_turns
@@ -104,31 +129,22 @@ def _score_reply(inspection: Inspection, personalizer: Any, model: Any, args: An
 
     # As CurpChatModel builds a personalized request (no default system message with soft
     # tokens), so that the scores are those of the reply it serves.
-    turns = to_chat_turns([HumanMessage(args.request)])
-    reply = args.reply
+    turns = to_chat_turns([HumanMessage(request)])
+    reply = options.reply
     if reply is None:
-        generated = model.invoke(args.request, user_id=args.user, max_tokens=args.max_tokens)
+        generated = model.invoke(request, user_id=options.user, max_tokens=options.max_tokens)
         reply = str(generated.content)
-    inspection.request = args.request
-    likelihood_shifts(inspection, personalizer, open_hf_backend(args.model_path), turns, reply)
+    inspection.request = request
+    likelihood_shifts(inspection, personalizer, open_hf_backend(options.model_path), turns, reply)
 
 
-def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+def register(subparsers: Any) -> None:
     """Add ``inspect`` to the ``curp`` command's subparsers."""
-    inspect = subparsers.add_parser(
+    add_command(
+        subparsers,
         "inspect",
-        parents=[common],
+        InspectOptions,
+        cmd_inspect,
         help="show a user's codes and what they stand for",
         description=DESCRIPTION,
     )
-    inspect.add_argument("--user", required=True, help="user id")
-    inspect.add_argument("--codes", type=int, default=2, help="prototypes shown per subspace")
-    inspect.add_argument("--examples", type=int, default=3, help="items shown per prototype")
-    inspect.add_argument(
-        "--max-users", type=int, default=1000, help="users of the store read as the population"
-    )
-    inspect.add_argument("--request", help="score a reply to this request, subspace by subspace")
-    inspect.add_argument("--reply", help="the reply to score (default: the generated one)")
-    inspect.add_argument("--max-tokens", type=int, default=48, help="for the generated reply")
-    inspect.add_argument("--plot", help="draw the user's prototype usage against the store (PNG)")
-    inspect.set_defaults(func=cmd_inspect)

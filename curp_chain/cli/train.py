@@ -15,19 +15,19 @@ import logging
 import shlex
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
+from curp_chain.cli.options import PROG, add_options, validate_options
 from curp_chain.errors import CurpError
 from curp_chain.training.options import (
     STAGES,
     CodebookOptions,
     ProjectorOptions,
+    SourcesOptions,
     StageOptions,
     as_dict,
-    field_help,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,18 +53,6 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def _problems(error: ValidationError) -> str:
-    """pydantic's errors as option names and messages."""
-    parts = []
-    for item in error.errors():
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["loc"]:
-            name = "--" + str(item["loc"][0]).replace("_", "-")
-            message = f"{name}: {message}" if item["type"] != "extra_forbidden" else name
-        parts.append(message)
-    return "; ".join(parts)
-
-
 def resolve_options(args: argparse.Namespace) -> StageOptions:
     """The stage's typed options: what was typed on the command line, then the ``--config``
     file for the rest, then the defaults. A typed option always wins, even when it equals
@@ -80,10 +68,7 @@ def resolve_options(args: argparse.Namespace) -> StageOptions:
             raise CurpError(
                 f"{args.config}: unknown options {unknown} for `curp train {args.stage}`"
             )
-    try:
-        return model.model_validate({**from_file, **typed})
-    except ValidationError as error:
-        raise CurpError(f"`curp train {args.stage}`: {_problems(error)}") from None
+    return validate_options(model, {**from_file, **typed}, f"curp train {args.stage}")
 
 
 def apply_config_file(args: argparse.Namespace) -> argparse.Namespace:
@@ -117,38 +102,10 @@ def save_train_config(
 
 # --- the parsers, built from the option models ---------------------------------------
 
-
-def _value_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
-    """(argparse type, choices) of a field's annotation: X | None -> X; Literal -> choices."""
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    if get_origin(annotation) is Literal:
-        return str, get_args(annotation)
-    if args and get_origin(annotation) is not Literal:
-        inner = args[0]
-        if get_origin(inner) is Literal:
-            return str, get_args(inner)
-        return inner, None
-    return annotation, None
-
-
-def add_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One ``--option`` per field of ``model``. Defaults stay out of the namespace
-    (``argparse.SUPPRESS``), so that what was typed can be told from what was not."""
-    parser.add_argument(
-        "--config",
-        help="JSON or TOML file of options (keys as option names with underscores, e.g. "
-        "max_steps); options typed on the command line win. A run's train_config.json "
-        "works here.",
-    )
-    for name, info in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        text = field_help(model, name)
-        if info.annotation is bool:
-            action: Any = argparse.BooleanOptionalAction if info.default else "store_true"
-            parser.add_argument(flag, action=action, default=argparse.SUPPRESS, help=text)
-            continue
-        kind, choices = _value_type(info.annotation)
-        parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=text)
+_CONFIG_HELP = (
+    "JSON or TOML file of options (keys as option names with underscores, e.g. max_steps); "
+    "options typed on the command line win. A run's train_config.json works here."
+)
 
 
 _DESCRIPTIONS = {
@@ -184,11 +141,13 @@ _DESCRIPTIONS = {
 }
 
 
-def _add_stage(stages: Any, name: str, func: Any) -> None:
+def _add_stage(stages: Any, name: str, func: Callable[[argparse.Namespace], int]) -> None:
     summary, description = _DESCRIPTIONS[name]
     parser = stages.add_parser(name, help=summary, description=description)
-    add_options(parser, STAGES[name])
-    parser.set_defaults(func=func)
+    parser.add_argument("--config", help=_CONFIG_HELP)
+    # Typed options only: the --config file fills the rest (see resolve_options).
+    add_options(parser, STAGES[name], typed_only=True)
+    parser.set_defaults(func=func, **{PROG: parser.prog})
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
@@ -197,7 +156,6 @@ def cmd_sources(args: argparse.Namespace) -> int:
     from curp_chain.data.sources import SourceCache
     from curp_chain.data.users import default_cache_dir, load_pan, split_users, target_order
     from curp_chain.runtime.defaults import open_hf_backend, open_llamacpp_backend
-    from curp_chain.training.options import SourcesOptions
     from curp_chain.training.sources import generate_sources
 
     options = resolve_options(args)

@@ -18,28 +18,25 @@ An item is a string or an object with ``text`` and the optional ``id``, ``kind``
 ``created_at`` and ``metadata``. Instead of a file, histories can come from a history store
 URL (the store ``curp ingest`` writes): see :func:`read_histories`.
 
-A line that does not fit raises :class:`DataFormatError` naming ``file:line`` and the field.
+Both are read by :func:`curp_chain.data.jsonl.read_jsonl`: a line that does not fit raises
+:class:`~curp_chain.data.jsonl.DataFormatError` naming ``file:line`` and the field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curp_chain.errors import CurpError
+from curp_chain.data.jsonl import DataFormatError, read_jsonl
 from curp_chain.runtime.defaults import open_store
 from curp_chain.runtime.prompt import ChatTurn
 
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 """URL schemes read as a history store rather than a file."""
-
-
-class DataFormatError(CurpError, ValueError):
-    """An examples or histories file does not follow the documented format."""
 
 
 class Message(BaseModel):
@@ -103,34 +100,9 @@ Histories = dict[str, list[ItemRecord]]
 """user id -> items, oldest first."""
 
 
-def _problem(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "line"
-    return f"{where}: {first['msg']}"
-
-
-def _records(path: Path, model: type[BaseModel]) -> Iterator[tuple[int, Any]]:
-    if not path.is_file():
-        raise DataFormatError(f"{path} not found")
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = model.model_validate_json(line)
-                except ValidationError as error:
-                    if error.errors()[0]["type"] == "json_invalid":
-                        raise DataFormatError(f"{path}:{number}: not valid JSON") from None
-                    raise DataFormatError(f"{path}:{number}: {_problem(error)}") from None
-                yield number, record
-    except UnicodeDecodeError as error:
-        raise DataFormatError(f"{path}: not UTF-8 text ({error})") from None
-
-
 def read_examples(path: str | Path) -> list[ExampleRecord]:
     """The examples of a JSONL file, in file order."""
-    return [record for _, record in _records(Path(path), ExampleRecord)]
+    return [record for _, record in read_jsonl(path, ExampleRecord)]
 
 
 def is_store_url(value: str | Path) -> bool:
@@ -146,9 +118,11 @@ def read_histories(source: str | Path) -> Histories:
         return histories_from_store(str(source))
     path = Path(source)
     histories: Histories = {}
-    for number, record in _records(path, HistoryRecord):
+    for number, record in read_jsonl(path, HistoryRecord):
         if record.user_id in histories:
-            raise DataFormatError(f"{path}:{number}: user {record.user_id!r} already has a line")
+            raise DataFormatError(
+                f"user {record.user_id!r} already has a line", path=path, line=number
+            )
         histories[record.user_id] = record.item_records()
     return histories
 

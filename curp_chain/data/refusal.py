@@ -1,4 +1,4 @@
-"""A refusal detector for everyday chat replies: did the model decline instead of answering?
+"""The refusal detector: did the model decline instead of answering (or rewriting)?
 
 Used by ``benchmarks/everyday_chat.py`` to count refusals on everyday requests (plans,
 advice, cooking, small talk, short writing), none of which calls for an apology, a
@@ -20,6 +20,15 @@ A reply is a refusal when any of these patterns matches (case-insensitive): disc
 or an object such as personal experiences after it. The detector errs toward counting: an
 honest "I don't have personal preferences, but here is one..." is a refusal here too, since
 the reply still declines the request as asked.
+
+Paraphrases (``paraphrase=True``, used by :func:`curp_chain.data.sources.check_paraphrase`
+on LLM rewrites of tweets) are judged by what a rewrite has no reason to add: besides the
+disclaimers and "cannot" statements above, an apology anywhere ("I'm sorry", including "I'm
+sorry to hear"; "I apologize"), any "cannot" ("I can't", "I cannot", "I'm unable", "I'm not
+able", whatever follows), "as an AI" or "language model" anywhere, and calling the text
+"inappropriate" or "offensive" (kind "objection"). An opening "Unfortunately" or "Sorry" is
+not counted there: in a rewritten complaint it is as often the tweet's own word. The caller
+compares with the tweet, since a tweet may say any of these itself.
 
 A reply can also fail without refusing: :func:`is_degenerate` flags replies that answer
 nothing (empty, the request echoed whole or in part, or mostly @mentions, hashtags and
@@ -58,6 +67,14 @@ _NO_SELF = re.compile(
     re.IGNORECASE,
 )
 
+# Paraphrase mode only: phrases that mark a rewrite as the model talking, wherever they are.
+_ANY_APOLOGY = re.compile(r"\bi(?:['’]?m|\s+am)\s+sorry\b|\bi\s+apologi[sz]e\b", re.IGNORECASE)
+_ANY_CANNOT = re.compile(
+    r"\bi\s+(?:can['’]?t|cannot)\b|\bi(?:['’]m|\s+am)\s+(?:unable|not\s+able)\b", re.IGNORECASE
+)
+_ANY_DISCLAIMER = re.compile(r"\bas\s+an\s+ai\b|\blanguage\s+model\b", re.IGNORECASE)
+_OBJECTION = re.compile(r"\b(?:inappropriate|offensive)\b", re.IGNORECASE)
+
 _APOLOGY_START = re.compile(
     r"^\W*(?:(?:i(?:'m|’m|\s+am)\s+(?:so\s+|very\s+|truly\s+|really\s+)?)?sorry\b(?!\s+to\s+hear)"
     r"|i\s+apologi[sz]e"
@@ -66,15 +83,19 @@ _APOLOGY_START = re.compile(
 )
 
 
-def refusal_reason(reply: str) -> str | None:
-    """Which kind of refusal ``reply`` is ("disclaimer", "cannot", "apology"), or None."""
+def refusal_reason(reply: str, *, paraphrase: bool = False) -> str | None:
+    """Which kind of refusal ``reply`` is ("disclaimer", "cannot", "apology", and with
+    ``paraphrase`` also "objection"), or None. ``paraphrase`` judges an LLM's rewrite of a
+    text instead of a reply (see the module doc)."""
     text = " ".join(reply.split())
-    if _DISCLAIMER.search(text):
+    if _DISCLAIMER.search(text) or (paraphrase and _ANY_DISCLAIMER.search(text)):
         return "disclaimer"
-    if _CANNOT.search(text) or _NO_SELF.search(text):
+    if _CANNOT.search(text) or _NO_SELF.search(text) or (paraphrase and _ANY_CANNOT.search(text)):
         return "cannot"
-    if _APOLOGY_START.search(text):
+    if _ANY_APOLOGY.search(text) if paraphrase else _APOLOGY_START.search(text):
         return "apology"
+    if paraphrase and _OBJECTION.search(text):
+        return "objection"
     return None
 
 

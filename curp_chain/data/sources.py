@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curp_chain.data.jsonl import read_jsonl
+from curp_chain.data.refusal import refusal_reason
 from curp_chain.data.users import text_key
 
-logger = logging.getLogger(__name__)
-
-_REFUSAL = re.compile(
-    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I can'?t|I cannot|I'm unable|I am unable|"
-    r"as an AI|language model|I'm not able|I am not able|inappropriate|offensive)\b",
-    re.IGNORECASE,
-)
 _META = re.compile(
     r"^\s*(here('s| is)|sure|certainly|rewritten|paraphrase|tweet|the (tweet|user)|this tweet)\b",
     re.IGNORECASE,
@@ -93,7 +87,7 @@ def check_paraphrase(
         return SourceCheck(None, "truncated")
     if not text:
         return SourceCheck(None, "empty")
-    if _REFUSAL.search(text) and not _REFUSAL.search(tweet):
+    if refusal_reason(text, paraphrase=True) and not refusal_reason(tweet, paraphrase=True):
         return SourceCheck(None, "refusal")
     if _META.match(text):
         return SourceCheck(None, "meta")
@@ -161,17 +155,11 @@ class SourceCache:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
-            with self.path.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, start=1):
-                    if max_lines is not None and number > max_lines:
-                        break
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        # A run killed mid-write leaves a partial last line: regenerate it.
-                        logger.warning("%s:%d: skipping an unreadable line", self.path, number)
-                        continue
-                    self.records[record["key"]] = record
+            # A run killed mid-write leaves a partial last line: skipped, so it is made again.
+            for number, record in read_jsonl(self.path, skip_unreadable=True):
+                if max_lines is not None and number > max_lines:
+                    break
+                self.records[record["key"]] = record
 
     def __contains__(self, tweet: str) -> bool:
         return text_key(tweet) in self.records

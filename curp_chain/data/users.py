@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import os
 import random
 import re
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from curp_chain.data.jsonl import read_jsonl
 from curp_chain.errors import CurpError
 
 DATA_DIR_ENV = "CURP_DATA_DIR"
@@ -85,16 +85,12 @@ def load_pan(
     """PAN 2019 human users with at least ``min_items`` cleaned, distinct tweets."""
     path = require_file(Path(data_dir or default_data_dir()) / "pan19" / "humans.jsonl")
     users = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            texts = dict.fromkeys(t for t in map(clean_tweet, record["tweets"]) if t)
-            if len(texts) >= min_items:
-                users.append(UserTexts(f"pan19:{record['user_id']}", "pan19", tuple(texts)))
-            if max_users is not None and len(users) >= max_users:
-                break
+    for _, record in read_jsonl(path):
+        texts = dict.fromkeys(t for t in map(clean_tweet, record["tweets"]) if t)
+        if len(texts) >= min_items:
+            users.append(UserTexts(f"pan19:{record['user_id']}", "pan19", tuple(texts)))
+        if max_users is not None and len(users) >= max_users:
+            break
     return users
 
 

@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
+from curp_chain.data.jsonl import read_jsonl
 from curp_chain.eval.methods import (
     METHODS,
     Method,
@@ -227,15 +228,15 @@ class ResultCache:
 
     @staticmethod
     def load(path: Path) -> dict[tuple[str, str, str], Record]:
-        """(user, example, prompt fingerprints) -> record; a torn last line (a crash) is
-        skipped."""
+        """(user, example, prompt fingerprints) -> record; a torn line (a crash) is logged
+        and skipped, a record of another shape skipped."""
         records: dict[tuple[str, str, str], Record] = {}
         if not path.is_file():
             return records
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for _, data in read_jsonl(path, skip_unreadable=True):
             try:
-                record = Record.from_json(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
+                record = Record.from_json(data)
+            except TypeError:  # fields missing: written by another version
                 continue
             records[(record.user, record.example, record.prompt)] = record
         return records

@@ -1,11 +1,13 @@
 """The two seams of curp-chain: where histories live and which LLM runs the soft prompt.
 
-The core implements neither; `curp_chain_stores` and `curp_chain_integrations` do.
+The core implements neither; `curp_chain_stores` and `curp_chain_integrations` do. A backend
+needs only `SoftPromptBackend`; `ScheduledBackend` and `TokenizingBackend` are capabilities
+the core uses when a backend has them (checked with ``isinstance``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -184,4 +186,44 @@ class SoftPromptBackend(Protocol):
 
     def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
         """Generate from a fresh context (no KV cache carried over from another request)."""
+        ...
+
+
+class ChunkStream(Protocol):
+    """A queued request's output, read with ``for`` or ``async for``; ``close()`` stops
+    its generation at the next token (`curp_chain.runtime.scheduler.GenerationStream`)."""
+
+    def __iter__(self) -> Iterator[GenerationChunk]: ...
+
+    def __next__(self) -> GenerationChunk: ...
+
+    def __aiter__(self) -> AsyncIterator[GenerationChunk]: ...
+
+    async def __anext__(self) -> GenerationChunk: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ScheduledBackend(SoftPromptBackend, Protocol):
+    """A backend that queues requests on a scheduler of its own (the llama.cpp,
+    transformers and vLLM backends). Requests to a backend without one run one at a time
+    through its ``stream``."""
+
+    def submit(
+        self, prompt: SoftPrompt, params: GenerationParams, *, timeout: float | None = None
+    ) -> ChunkStream:
+        """Queue a request and return its stream at once. Past ``timeout`` seconds (waiting
+        in the queue included) the stream raises RequestTimeoutError; a full queue raises
+        QueueFullError."""
+        ...
+
+
+@runtime_checkable
+class TokenizingBackend(SoftPromptBackend, Protocol):
+    """A backend that exposes its tokenizer's ids (all bundled backends do)."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``: special-token text (``<|im_start|>``) becomes its special
+        token, and no BOS is added."""
         ...

@@ -16,8 +16,9 @@ from curp_chain.model.user_model import CurpUserModel
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
-"""Where the checkpoints for SmolLM2-135M-Instruct + all-MiniLM-L6-v2 are bundled."""
+CHECKPOINTS = Path(__file__).parents[1] / "checkpoints"
+"""Where the checkpoints for SmolLM2-135M-Instruct + all-MiniLM-L6-v2 are bundled (package
+data in ``curp_chain/checkpoints/``)."""
 
 DEFAULT_CHECKPOINT = CHECKPOINTS / "smollm2-135m-mix"
 """The default checkpoint: trained on a mix of Reddit replies, email subject lines and tweet
@@ -74,9 +75,16 @@ def check_compatible(
     if encoder_id is not None and config.encoder_id != encoder_id:
         problems.append(f"encoder: checkpoint {config.encoder_id!r}, encoder {encoder_id!r}")
     if problems:
+        how = "train one with `curp train`"
+        if any(p.startswith("LLM") for p in problems):
+            # Stage 1 does not depend on the LLM: stage 2 alone makes a checkpoint for another.
+            how = (
+                "train one for this LLM with `curp train projector --model-path <its GGUF> "
+                "--init <this checkpoint>`, which keeps the checkpoint's codebook"
+            )
         raise IncompatibleCheckpointError(
             "the checkpoint was made for other models (" + "; ".join(problems) + "). "
-            "Use a checkpoint trained for these models, or train one with `curp train`."
+            f"Use a checkpoint trained for these models, or {how}."
         )
 
 

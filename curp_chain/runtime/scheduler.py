@@ -29,6 +29,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from curp_chain.errors import BackendError, QueueFullError, RequestTimeoutError
+from curp_chain.interfaces.protocols import (
+    ChunkStream,
+    GenerationParams,
+    ScheduledBackend,
+    SoftPrompt,
+    SoftPromptBackend,
+)
 
 T = TypeVar("T")
 
@@ -381,14 +388,22 @@ class RequestScheduler:
         self._pending.clear()
 
 
-_fallbacks: weakref.WeakKeyDictionary[Any, RequestScheduler] = weakref.WeakKeyDictionary()
+_fallbacks: weakref.WeakKeyDictionary[SoftPromptBackend, RequestScheduler] = (
+    weakref.WeakKeyDictionary()
+)
 _fallbacks_lock = threading.Lock()
 
 
-def open_stream(backend: Any, prompt: Any, params: Any, *, timeout: float | None = None) -> Any:
-    """``backend.submit(...)``; a backend without a scheduler of its own gets a one-slot
-    scheduler around its ``stream`` (requests then run one after another)."""
-    if hasattr(backend, "submit"):
+def open_stream(
+    backend: SoftPromptBackend,
+    prompt: SoftPrompt,
+    params: GenerationParams,
+    *,
+    timeout: float | None = None,
+) -> ChunkStream:
+    """Queue the request: on the backend's own scheduler (a `ScheduledBackend`), or else
+    on a one-slot scheduler around its ``stream`` (requests then run one after another)."""
+    if isinstance(backend, ScheduledBackend):
         return backend.submit(prompt, params, timeout=timeout)
     with _fallbacks_lock:
         scheduler = _fallbacks.get(backend)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord
-from curp_chain.tasks.base import Task, TaskDataError, example_record, field, read_jsonl
+from curp_chain.data.jsonl import read_jsonl
+from curp_chain.tasks.base import Task, TaskDataError, example_record, field
 
 
 class AeslcTask(Task):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord, Message
-from curp_chain.errors import CurpError
+from curp_chain.data.jsonl import DataFormatError
 from curp_chain.runtime.prompt import ChatTurn
 
 MAX_SOURCE_CHARS = 600
@@ -25,8 +25,10 @@ MAX_SOURCE_CHARS = 600
 a word boundary, so that sequence lengths, and so training cost, stay bounded."""
 
 
-class TaskDataError(CurpError, ValueError):
-    """A task's data folder is missing a file or holds data in another layout."""
+class TaskDataError(DataFormatError):
+    """A task's data folder is missing a file or holds data in another layout. Its JSONL
+    files are read by :func:`curp_chain.data.jsonl.read_jsonl`, whose errors (a missing file,
+    a line that is not a JSON object) are the parent :class:`DataFormatError`."""
 
 
 def cut(text: str, limit: int = MAX_SOURCE_CHARS) -> str:
@@ -207,25 +209,6 @@ def example_record(
         response=response,
         item_id=item_id,
     )
-
-
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-empty line of a task's JSONL file."""
-    if not path.is_file():
-        raise TaskDataError(f"{path} not found")
-    rows = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TaskDataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise TaskDataError(f"{path}:{number}: expected a JSON object")
-            rows.append((number, row))
-    return rows
 
 
 def field(row: dict[str, Any], name: str, kind: type, where: str) -> Any:

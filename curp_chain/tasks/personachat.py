@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord
+from curp_chain.data.jsonl import read_jsonl
 from curp_chain.runtime.prompt import ChatTurn
-from curp_chain.tasks.base import Task, TaskDataError, cut, example_record, field, read_jsonl
+from curp_chain.tasks.base import Task, TaskDataError, cut, example_record, field
 
 CONTEXT_TURNS = 2
 """Earlier exchanges of the dialogue given as context: enough to follow the conversation,

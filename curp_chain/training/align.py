@@ -69,6 +69,54 @@ def starting_prompt(folder: str | Path, num_tokens: int, hidden_size: int) -> Te
 # --- what trains -------------------------------------------------------------------------------
 
 
+def embedding_rms(lm: Any) -> float:
+    """Mean root-mean-square of the LLM's token-embedding rows: the scale soft tokens start
+    at (0.13 for SmolLM2-135M, 0.017 for Qwen2.5-0.5B)."""
+    weight = lm.model.get_input_embeddings().weight.detach().float()
+    return round(float(weight.pow(2).mean(1).sqrt().mean()), 4)
+
+
+def for_llm(user_model: Any, lm: Any, options: ProjectorOptions) -> Any:
+    """The --init checkpoint as a start for this run's LLM.
+
+    Stage 1 does not depend on the LLM, so a checkpoint made for another one (another id or
+    hidden size: a trained checkpoint of another LLM, or a `train codebook` folder, which
+    records the default LLM) lends its codebook only. The aggregator and projector start
+    afresh from the seed, with soft tokens at the scale of this LLM's token embeddings.
+    Codes already stored stay valid: the codebook is the same.
+    """
+    from curp_chain.model.checkpoint import check_compatible
+    from curp_chain.training.initialize import initial_model
+
+    config = user_model.config
+    if config.llm_id == lm.model_id and config.llm_hidden_size == lm.hidden_size:
+        return user_model
+    if options.validate_only:  # nothing would train the fresh projector
+        check_compatible(config, llm_id=lm.model_id, llm_hidden_size=lm.hidden_size)
+    logger.info(
+        "--init %s was made for %s (%d-d soft tokens): keeping its codebook, starting the "
+        "aggregator and projector afresh for %s (%d-d)",
+        options.init, config.llm_id, config.llm_hidden_size, lm.model_id, lm.hidden_size,
+    )  # fmt: skip
+    previous = dict(config.provenance)
+    codebook = dict(previous.get("codebook", previous))
+    codebook.update({"from_checkpoint": str(options.init), "from_llm": config.llm_id})
+    fresh = initial_model(
+        config.model_copy(
+            update={
+                "llm_id": lm.model_id,
+                "llm_hidden_size": lm.hidden_size,
+                "soft_token_rms": embedding_rms(lm),
+                "trained": False,
+                "provenance": {"codebook": codebook},
+            }
+        ),
+        options.seed,
+    )
+    fresh.quantizer.load_state_dict(user_model.quantizer.state_dict())
+    return fresh
+
+
 def _task_prompt_module(options: ProjectorOptions, lm: Any, user_model: Any, tokens: int) -> Any:
     from curp_chain.model.task_prompt import TaskPrompt, TaskPromptConfig
 
@@ -78,7 +126,7 @@ def _task_prompt_module(options: ProjectorOptions, lm: Any, user_model: Any, tok
             llm_id=lm.model_id,
             llm_hidden_size=lm.hidden_size,
             num_tokens=tokens,
-            init_rms=user_model.config.soft_token_rms if user_model else 0.13,
+            init_rms=user_model.config.soft_token_rms if user_model else embedding_rms(lm),
         )
     )
     if options.task_init == "base":
@@ -325,11 +373,22 @@ def open_stage(options: ProjectorOptions) -> Stage:
     if user_model is not None and user_model.config.trained and not options.validate_only:
         logger.info("continuing from a trained checkpoint %s", options.init)
     lm: Any = open_hf_backend(options.model_path, device=str(accelerator.device))
+    if user_model is not None:
+        user_model = for_llm(user_model, lm, options)
     source = trainable_source(options, lm, user_model)
     source.to(accelerator.device)
     task_source = source if options.task_only else None
     if options.task_prompt and not options.task_only:
-        task_source = SoftTokenSource(load_task_prompt(options.task_prompt)).to(lm.device)
+        task_prompt = load_task_prompt(options.task_prompt)
+        config = task_prompt.config
+        if (config.llm_id, config.llm_hidden_size) != (lm.model_id, lm.hidden_size):
+            # Checked before training: the final validation would fail only at the end.
+            raise CurpError(
+                f"--task-prompt {options.task_prompt} was made for {config.llm_id} (hidden "
+                f"size {config.llm_hidden_size}); the LLM is {lm.model_id} ({lm.hidden_size}). "
+                "Train a task-only prompt for this LLM (--task-only) or leave --task-prompt out"
+            )
+        task_source = SoftTokenSource(task_prompt).to(lm.device)
     # The encoder runs where the LLM trains: on a GPU, new texts are encoded in seconds.
     encoder = SentenceEncoder(
         encoder_id=user_model.config.encoder_id if user_model else None,

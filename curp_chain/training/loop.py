@@ -120,6 +120,43 @@ def _optimizer_step(
     return step_loss
 
 
+def _set_lr(optimizer: Any, step: int, options: ProjectorOptions) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, base=options.lr, warmup=options.warmup, total=options.max_steps)
+
+
+def _validation_due(step: int, options: ProjectorOptions) -> bool:
+    """Every --val-every steps, but not at the last step: the final validation follows."""
+    every = options.val_every
+    return bool(every) and step % every == 0 and step < options.max_steps
+
+
+def _save_due(step: int, options: ProjectorOptions) -> bool:
+    save_every = options.save_every
+    return bool(save_every and step % save_every == 0) or step == options.max_steps
+
+
+def _save(
+    accelerator: Any,
+    wrapped: Any,
+    optimizer: Any,
+    state_dir: Path,
+    progress: _Progress,
+    wall: float,
+) -> None:
+    save_state(
+        state_dir,
+        accelerator.unwrap_model(wrapped),
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        {
+            "step": progress.step,
+            "examples_seen": progress.seen,
+            "wall_s": round(wall, 1),
+            "history": progress.history,
+        },
+    )
+
+
 def train_loop(
     *,
     accelerator: Any,
@@ -148,10 +185,7 @@ def train_loop(
     main = accelerator.is_local_main_process
     bar = tqdm(total=max_steps, initial=progress.step, desc="align", unit="step", disable=not main)
     while progress.step < max_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(
-                progress.step, base=options.lr, warmup=options.warmup, total=max_steps
-            )
+        _set_lr(optimizer, progress.step, options)
         step_loss = _optimizer_step(
             accelerator=accelerator, lm=lm, wrapped=wrapped, optimizer=optimizer, source=source,
             examples=examples, encoded=encoded, seen=progress.seen, options=options,
@@ -169,27 +203,13 @@ def train_loop(
             "examples_seen": progress.seen,
             "wall_s": round(wall, 1),
         }
-        every = options.val_every
-        if (
-            on_validate is not None
-            and every
-            and progress.step % every == 0
-            and progress.step < max_steps
-        ):
+        if on_validate is not None and _validation_due(progress.step, options):
             record["validation"] = on_validate(progress.step)
             logger.info("step %d validation %s", progress.step, json.dumps(record["validation"]))
         progress.history.append(record)
         out_of_time = _out_of_time(accelerator, start, options.time_budget)
-        save_every = options.save_every
-        due = (save_every and progress.step % save_every == 0) or progress.step == max_steps
-        if accelerator.is_main_process and (due or out_of_time):
-            save_state(
-                state_dir,
-                accelerator.unwrap_model(wrapped),
-                optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                {"step": progress.step, "examples_seen": progress.seen, "wall_s": round(wall, 1),
-                 "history": progress.history},
-            )  # fmt: skip
+        if accelerator.is_main_process and (_save_due(progress.step, options) or out_of_time):
+            _save(accelerator, wrapped, optimizer, state_dir, progress, wall)
         if out_of_time:
             logger.info("time budget reached at step %d of %d", progress.step, max_steps)
             break

@@ -52,11 +52,10 @@ class SoftTokenSource(nn.Module):
         if self.train_codebook:
             output = model.quantizer(items)
             items, aux = output.quantized, self.codebook_loss_weight * output.loss
-        soft = model.soft_tokens(items, mask, query)
-        shared = model.projector.shared_offset
-        if self.training and self.shared_offset_weight and shared is not None:
-            aux = aux + self.shared_offset_weight * shared
-        return soft, aux
+        projected = model.projected(items, mask, query)
+        if self.training and self.shared_offset_weight:
+            aux = aux + self.shared_offset_weight * projected.shared_offset
+        return projected.soft, aux
 
 
 def batch_loss(

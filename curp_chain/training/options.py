@@ -1,9 +1,9 @@
 """The options of each `curp train` stage, typed: one pydantic model per stage.
 
 The command line is built from these models (one ``--option`` per field, its help from the
-field's docstring), a ``--config`` file fills what the command line left out, and a run
-saves the resolved model as ``train_config.json``, which repeats it. Cross-field checks live
-in the models' validators, with messages that name the fix.
+field's docstring; ``curp_chain.cli.options``), a ``--config`` file fills what the command
+line left out, and a run saves the resolved model as ``train_config.json``, which repeats it.
+Cross-field checks live in the models' validators, with messages that name the fix.
 """
 
 from __future__ import annotations
@@ -268,17 +268,6 @@ STAGES: dict[str, type[StageOptions]] = {
     "codebook": CodebookOptions,
     "projector": ProjectorOptions,
 }
-
-
-def field_help(model: type[BaseModel], name: str) -> str:
-    """The field's docstring as one line, with its default."""
-    info = model.model_fields[name]
-    text = " ".join((info.description or "").split())
-    default = info.default
-    if default is None or default is False or "(default" in text:
-        return text.replace("%", "%%")
-    shown = str(default).lower() if isinstance(default, bool) else default
-    return f"{text} (default {shown})".replace("%", "%%")
 
 
 def as_dict(options: BaseModel) -> dict[str, Any]:
