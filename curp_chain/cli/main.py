@@ -7,8 +7,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
-from curp_chain.cli.common import open_chat_model
+from curp_chain.cli.common import ModelOptions, open_chat_model
+from curp_chain.cli.data import register as register_data
+from curp_chain.cli.eval import register as register_eval
+from curp_chain.cli.inspect import register as register_inspect
+from curp_chain.cli.options import Arg, CommandOptions, add_command, add_options, parse_options
+from curp_chain.cli.serve import register as register_serve
+from curp_chain.cli.train import register as register_train
 from curp_chain.errors import CurpError, InvalidHistoryItemError
 from curp_chain.interfaces.history import NewHistoryItem, validate_user_id
 from curp_chain.personalization import ingest
@@ -21,17 +28,62 @@ def read_history_file(path: Path, *, truncate: bool = False) -> list[NewHistoryI
     return [parsed.item for parsed in ingest.read_history_file(path, truncate=truncate)]
 
 
+class IngestOptions(ModelOptions):
+    """`curp ingest`."""
+
+    user: str
+    """user id"""
+    file: Annotated[str, Arg(positional=True)]
+    """JSONL ({"text": ...} per line) or plain text, one item a line"""
+    truncate: bool = False
+    """cut over-long items instead of rejecting the file"""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """items per transaction; a rerun after an interruption skips stored items"""
+    no_progress: bool = False
+    """no progress bar"""
+
+
+class ChatOptions(ModelOptions):
+    """`curp chat`."""
+
+    user: str | None = None
+    """user id (omit for an unpersonalized reply)"""
+    message: Annotated[str, Arg(positional=True)]
+    """the request to answer"""
+    max_tokens: int = 128
+    """longest reply generated, in tokens"""
+    temperature: float = 0.0
+    """sampling temperature; 0 is greedy decoding"""
+
+
+class HistoryOptions(ModelOptions):
+    """`curp history`."""
+
+    user: str
+    """user id"""
+    limit: int | None = None
+    """show at most this many items (default: all)"""
+
+
+class GlobalOptions(CommandOptions):
+    """Options of `curp` itself, before the subcommand."""
+
+    verbose: Annotated[bool, Arg(short="-v")] = False
+    """log progress details"""
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
-    user_id = validate_user_id(args.user)
-    items = read_history_file(Path(args.file), truncate=args.truncate)
+    options = parse_options(args, IngestOptions)
+    user_id = validate_user_id(options.user)
+    items = read_history_file(Path(options.file), truncate=options.truncate)
     if not items:
-        raise InvalidHistoryItemError(f"{args.file} holds no history items")
+        raise InvalidHistoryItemError(f"{options.file} holds no history items")
     result = ingest.ingest(
-        open_chat_model(args).get_personalizer(),
+        open_chat_model(options).get_personalizer(),
         user_id,
         items,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
+        batch_size=options.batch_size,
+        progress=not options.no_progress,
     )
     skipped = f" ({result.skipped} already stored, skipped)" if result.skipped else ""
     print(f"stored {result.stored} items for {user_id}{skipped}")
@@ -39,10 +91,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    model = open_chat_model(args)
+    options = parse_options(args, ChatOptions)
+    model = open_chat_model(options)
     last = None
     for chunk in model.stream(
-        args.message, user_id=args.user, max_tokens=args.max_tokens, temperature=args.temperature
+        options.message,
+        user_id=options.user,
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
     ):
         print(chunk.content, end="", flush=True)
         last = chunk
@@ -54,79 +110,33 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    for user in open_chat_model(args).get_store().list_users():
+    for user in open_chat_model(parse_options(args, ModelOptions)).get_store().list_users():
         print(f"{user.user_id}\t{user.n_items}\t{user.last_item_at or ''}")
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    for item in open_chat_model(args).history(args.user, limit=args.limit):
+    options = parse_options(args, HistoryOptions)
+    for item in open_chat_model(options).history(options.user, limit=options.limit):
         print(f"{item.id}\t{item.created_at.isoformat()}\t{item.kind}\t{item.text}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curp", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--store",
-        help="SQLAlchemy URL of the history store "
-        "(default: SQLite in $CURP_HOME or the user data directory)",
-    )
-    common.add_argument("--checkpoint", help="CURP checkpoint folder (default: the bundled one)")
-    common.add_argument(
-        "--backend",
-        choices=["llamacpp", "hf"],
-        default="llamacpp",
-        help="LLM backend (default: llamacpp)",
-    )
-    common.add_argument("--model-path", help="GGUF model file (default: SmolLM2-135M-Instruct)")
+    add_options(parser, GlobalOptions)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    ingest_cmd = sub.add_parser("ingest", parents=[common], help="add a user's history from a file")
-    ingest_cmd.add_argument("--user", required=True, help="user id")
-    ingest_cmd.add_argument(
-        "file", help='JSONL ({"text": ...} per line) or plain text, one item a line'
+    add_command(sub, "ingest", IngestOptions, cmd_ingest, help="add a user's history from a file")
+    add_command(sub, "chat", ChatOptions, cmd_chat, help="ask as a user; the reply streams")
+    add_command(sub, "users", ModelOptions, cmd_users, help="list users and their item counts")
+    add_command(
+        sub, "history", HistoryOptions, cmd_history, help="show a user's items, newest first"
     )
-    ingest_cmd.add_argument(
-        "--truncate", action="store_true", help="cut over-long items instead of rejecting the file"
-    )
-    ingest_cmd.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        help="items per transaction; a rerun after an interruption skips stored items "
-        f"(default: {DEFAULT_BATCH_SIZE})",
-    )
-    ingest_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ingest_cmd.set_defaults(func=cmd_ingest)
-
-    chat = sub.add_parser("chat", parents=[common], help="ask as a user; the reply streams")
-    chat.add_argument("--user", help="user id (omit for an unpersonalized reply)")
-    chat.add_argument("message")
-    chat.add_argument("--max-tokens", type=int, default=128)
-    chat.add_argument("--temperature", type=float, default=0.0)
-    chat.set_defaults(func=cmd_chat)
-
-    users = sub.add_parser("users", parents=[common], help="list users and their item counts")
-    users.set_defaults(func=cmd_users)
-
-    history = sub.add_parser("history", parents=[common], help="show a user's items, newest first")
-    history.add_argument("--user", required=True)
-    history.add_argument("--limit", type=int, default=None)
-    history.set_defaults(func=cmd_history)
-
-    from curp_chain.cli.data import register as register_data
-    from curp_chain.cli.eval import register as register_eval
-    from curp_chain.cli.train import register as register_train
-
     register_train(sub)
     register_eval(sub)
     register_data(sub)
-    from curp_chain.cli.inspect import register as register_inspect
-
-    register_inspect(sub, common)
+    register_inspect(sub)
+    register_serve(sub)
     return parser
 
 

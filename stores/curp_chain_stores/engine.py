@@ -42,6 +42,10 @@ def make_engine(url_or_engine: str | Engine, *, echo: bool = False) -> tuple[Eng
         if url.get_backend_name() == "sqlite" and _is_memory(url):
             # One shared connection, or each session would see its own empty database.
             kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        elif url.get_backend_name() != "sqlite":
+            # A server's connections die when it restarts; a pooled one is pinged before use
+            # (one round trip per checkout) and replaced when dead, instead of failing the call.
+            kwargs = {"pool_pre_ping": True}
         try:
             engine = create_engine(url, echo=echo, **kwargs)
         except ModuleNotFoundError as exc:

@@ -50,6 +50,11 @@ logger = logging.getLogger(__name__)
 Row = TypeVarTuple("Row")
 """The column types of a select, kept through `_newest`."""
 Key = TypeVar("Key")
+Result = TypeVar("Result")
+
+RECONNECT_WAIT_S = 10.0
+"""How long a call waits for a database whose connection dropped (a restart, a failover)
+to accept connections again before it retries once; past it, StoreError."""
 
 _USER_ATTEMPTS = 5
 """Times add_items recreates a user deleted under it before giving up."""
@@ -79,14 +84,31 @@ class SQLHistoryStore:
     ``sqlite://`` is an in-memory database on one shared connection: for tests and single
     threads only. A SQLite `Engine` passed in should be fresh, so that every connection it
     opens gets foreign keys turned on.
+
+    A database server that restarts fails no call: pooled connections are checked before
+    use (an engine built from a URL pings them), and when a connection drops anyway, a call
+    that has not begun its work, or a read that has, waits up to ``reconnect_wait`` seconds
+    for the server to answer and runs once more. A write whose connection drops half-way is
+    not repeated (it may have committed) and raises StoreError.
     """
 
-    def __init__(self, url_or_engine: str | Engine, *, echo: bool = False) -> None:
-        """Build the engine only; ``echo`` logs SQL and applies to an engine built from a URL."""
+    def __init__(
+        self,
+        url_or_engine: str | Engine,
+        *,
+        echo: bool = False,
+        reconnect_wait: float = RECONNECT_WAIT_S,
+    ) -> None:
+        """Build the engine only; ``echo`` logs SQL and applies to an engine built from a URL;
+        ``reconnect_wait`` bounds the wait for a database whose connection dropped (0: no
+        retry)."""
         self._engine, self._owns_engine = make_engine(url_or_engine, echo=echo)
+        self._reconnect_wait = reconnect_wait
+        # Only a database that answered once is waited for: a wrong URL fails at once.
+        self._connected = False
         self._url = self._engine.url.render_as_string(hide_password=True)
-        self._read = sessionmaker(self._engine, expire_on_commit=False)
-        self._write = sessionmaker(
+        self._read_session = sessionmaker(self._engine, expire_on_commit=False)
+        self._write_session = sessionmaker(
             self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
         self._schema_checked = False
@@ -170,8 +192,7 @@ class SQLHistoryStore:
         if kind is not None:
             query = query.where(HistoryItemRow.kind == kind)
         query = _newest(query, user_id, limit)
-        with self._transaction("get_items") as session:
-            return [_item(row) for row in session.scalars(query)]
+        return self._read("get_items", lambda session: [_item(r) for r in session.scalars(query)])
 
     def count_by_hash(self, user_id: str, hashes: Sequence[str]) -> dict[str, int]:
         """How many of the user's stored items have each content hash (absent: none).
@@ -181,8 +202,9 @@ class SQLHistoryStore:
         """
         user_id = validation.check_user_id(user_id)
         wanted = sorted({h for h in hashes if isinstance(h, str)})
-        counts: dict[str, int] = {}
-        with self._transaction("count_by_hash") as session:
+
+        def count(session: Session) -> dict[str, int]:
+            counts: dict[str, int] = {}
             for chunk in _chunks(wanted):
                 query = (
                     select(HistoryItemRow.content_hash, func.count())
@@ -193,7 +215,9 @@ class SQLHistoryStore:
                     .group_by(HistoryItemRow.content_hash)
                 )
                 counts.update({str(h): int(n) for h, n in session.execute(query)})
-        return counts
+            return counts
+
+        return self._read("count_by_hash", count)
 
     def get_codes(self, user_id: str, codebook_version: str, limit: int | None = None) -> UserCodes:
         """Of the newest ``limit`` items: cached codes for ``codebook_version``, and the rest."""
@@ -205,14 +229,17 @@ class SQLHistoryStore:
         query, params = _CODES, {"user_id": user_id, "version": version, "limit": limit}
         if limit is None:
             query, params = _ALL_CODES, {"user_id": user_id, "version": version}
-        with self._plain_read("get_codes") as connection:
+
+        def read(connection: Connection) -> UserCodes:
             rows = connection.execute(query, params).all()
             encoded = [
                 ItemCodes(item_id, unpack_codes(blob)) for item_id, blob in rows if blob is not None
             ]
             missing = [item_id for item_id, blob in rows if blob is None]
             stale = _items_by_id(connection, missing) if missing else []
-        return UserCodes(encoded=encoded, stale=stale)
+            return UserCodes(encoded=encoded, stale=stale)
+
+        return self._read("get_codes", read, plain=True)
 
     def save_codes(self, codes: Mapping[int, Sequence[int]], codebook_version: str) -> set[int]:
         """Cache codes for existing items, replacing any for the same codebook version.
@@ -264,11 +291,13 @@ class SQLHistoryStore:
             .group_by(UserRow.id)
             .order_by(UserRow.id)
         )
-        with self._transaction("list_users") as session:
-            return [
+        return self._read(
+            "list_users",
+            lambda session: [
                 UserSummary(user_id, n_items, None if last is None else as_utc(last))
                 for user_id, n_items, last in session.execute(query)
-            ]
+            ],
+        )
 
     def delete_user(self, user_id: str) -> int:
         """Remove the user, their items and codes; returns the number of items removed."""
@@ -299,8 +328,7 @@ class SQLHistoryStore:
 
     def count_items(self, user_id: str) -> int:
         user_id = validation.check_user_id(user_id)
-        with self._transaction("count_items") as session:
-            return session.scalar(_count(user_id)) or 0
+        return self._read("count_items", lambda session: session.scalar(_count(user_id)) or 0)
 
     def close(self) -> None:
         """Close pooled connections; an engine passed in by the caller is left to them."""
@@ -320,25 +348,65 @@ class SQLHistoryStore:
 
     @contextmanager
     def _transaction(self, action: str, *, write: bool = False) -> Iterator[Session]:
-        """One session and transaction: committed on success, rolled back on any error."""
-        factory = self._write if write else self._read
+        """One session and transaction: committed on success, rolled back on any error. A
+        connection that fails while the transaction begins is retried once the database
+        answers again (nothing was done in it yet)."""
+        factory = self._write_session if write else self._read_session
         try:
-            with self._one_at_a_time, _begin(factory) as session:
+            with self._one_at_a_time, _begin(factory, self._reconnected) as session:
+                self._connected = True
                 self._check_schema(session.connection())
                 yield session
         except SQLAlchemyError as exc:
             raise self._error(action, exc) from exc
 
-    @contextmanager
-    def _plain_read(self, action: str) -> Iterator[Connection]:
-        """A plain connection in a read transaction, for the read every request makes: an
-        ORM Session's bookkeeping there cost ten times the query itself on SQLite."""
-        try:
-            with self._one_at_a_time, _begin_read(self._engine) as connection:
-                self._check_schema(connection)
-                yield connection
-        except SQLAlchemyError as exc:
-            raise self._error(action, exc) from exc
+    def _read(self, action: str, work: Callable[[Any], Result], *, plain: bool = False) -> Result:
+        """``work(session)`` in a read transaction (``work(connection)`` with ``plain``: a
+        plain connection, for the read every request makes, where an ORM Session's
+        bookkeeping cost ten times the query itself on SQLite). A read whose connection
+        drops, before or during its work, runs once more when the database answers again:
+        it changes nothing, so repeating it is safe."""
+        retried = False
+        while True:
+            began = False
+            opened: AbstractContextManager[Connection | Session] = (
+                _begin_read(self._engine) if plain else _begin(self._read_session)
+            )
+            try:
+                with self._one_at_a_time, opened as handle:
+                    began = self._connected = True
+                    connection = handle if isinstance(handle, Connection) else handle.connection()
+                    self._check_schema(connection)
+                    return work(handle)
+            except SQLAlchemyError as exc:
+                dropped = not began or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+                if retried or not dropped or not self._reconnected(exc):
+                    raise self._error(action, exc) from exc
+                retried = True
+
+    def _reconnected(self, exc: SQLAlchemyError) -> bool:
+        """After a connection failed with ``exc``: whether the database answers again (waited
+        for up to ``reconnect_wait`` seconds), so that the call may run once more. Never for
+        SQLite (a file does not drop connections) or a database that never answered."""
+        if not self._connected or self._reconnect_wait <= 0:
+            return False
+        if self._engine.dialect.name == "sqlite" or not isinstance(exc, DBAPIError):
+            return False
+        logger.warning(
+            "history store connection lost (%s); waiting for %s", _first_line(exc), self._url
+        )
+        deadline = time.monotonic() + self._reconnect_wait
+        delay = 0.05
+        while True:
+            try:
+                with self._engine.connect() as connection:
+                    connection.exec_driver_sql("SELECT 1")
+                return True
+            except SQLAlchemyError:
+                if time.monotonic() + delay > deadline:
+                    return False
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     def _check_schema(self, connection: Connection) -> None:
         """Once per store: tables exist at this version, else say what to do."""
@@ -403,9 +471,13 @@ class SQLHistoryStore:
 
     def _error(self, action: str, exc: SQLAlchemyError) -> StoreError:
         """A StoreError naming the call, the URL (no password) and the driver's first line."""
-        reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
-        summary = reason.splitlines()[0] if reason else type(exc).__name__
-        return StoreError(f"{action} failed on {self._url}: {summary}")
+        return StoreError(f"{action} failed on {self._url}: {_first_line(exc)}")
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    """The driver's first line of an error (its later lines may quote SQL and parameters)."""
+    reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
+    return reason.splitlines()[0] if reason else type(exc).__name__
 
 
 def _upsert_and_lock_user(session: Session, user_id: str, now: datetime) -> None:
@@ -418,16 +490,22 @@ def _upsert_and_lock_user(session: Session, user_id: str, now: datetime) -> None
     )
 
 
+Reconnect = Callable[[SQLAlchemyError], bool]
+"""Called when a connection fails while a transaction begins: True to try once more."""
+
+
 @contextmanager
-def _begin(factory: sessionmaker[Session]) -> Iterator[Session]:
+def _begin(factory: sessionmaker[Session], reconnect: Reconnect | None = None) -> Iterator[Session]:
     """A session whose transaction has begun, retrying a busy SQLite database.
 
     BEGIN (IMMEDIATE for writers) runs here, before the caller's work: it is where a SQLite
     writer waits for the write lock, first for the busy timeout set on every connection,
     then again after a backoff, up to `BUSY_RETRIES` times (about 45 s in all). Nothing has
-    been done in the transaction yet, so a retry repeats nothing.
+    been done in the transaction yet, so a retry repeats nothing; the same holds for a
+    connection that fails here (a database restarting), retried once when ``reconnect``
+    says the database answers again.
     """
-    session, transaction = _open_begun(factory, _begin_session)
+    session, transaction = _open_begun(factory, _begin_session, reconnect)
     with session, transaction:
         yield session
 
@@ -442,21 +520,32 @@ Handle = TypeVar("Handle", Session, Connection)
 
 
 def _open_begun(
-    open_handle: Callable[[], Handle], begin: Callable[[Handle], Any]
+    open_handle: Callable[[], Handle],
+    begin: Callable[[Handle], Any],
+    reconnect: Reconnect | None = None,
 ) -> tuple[Handle, Any]:
     """A new handle and the transaction ``begin`` began on it, retrying a busy SQLite
-    database with backoff (see `_begin`); the handle of a failed attempt is closed."""
-    for attempt in range(BUSY_RETRIES + 1):
+    database with backoff and a dropped connection once (see `_begin`); the handle of a
+    failed attempt is closed."""
+    busy_attempts = 0
+    reconnected = False
+    while True:
         handle = open_handle()
         try:
             return handle, begin(handle)
-        except OperationalError as exc:
+        except DBAPIError as exc:
             handle.close()
-            if attempt == BUSY_RETRIES or not is_busy(exc):
+            if isinstance(exc, OperationalError) and is_busy(exc):
+                if busy_attempts == BUSY_RETRIES:
+                    raise
+                delay = BUSY_BACKOFF_S * 2**busy_attempts
+                logger.info("history store busy; retrying in %.1f s", delay)
+                time.sleep(delay)
+                busy_attempts += 1
+            elif reconnect is not None and not reconnected and reconnect(exc):
+                reconnected = True
+            else:
                 raise
-            logger.info("history store busy; retrying in %.1f s", BUSY_BACKOFF_S * 2**attempt)
-            time.sleep(BUSY_BACKOFF_S * 2**attempt)
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _newest(query: Select[*Row], user_id: str, limit: int | None) -> Select[*Row]:
