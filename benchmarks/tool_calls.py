@@ -1,6 +1,7 @@
 """Tool calling on the default model: how often "auto" calls a tool, and what the grammar costs.
 
-    python benchmarks/tool_calls.py [--threads 1] [--repeats 3] [--first-token] [--choice-only]
+    python benchmarks/tool_calls.py [--threads 1] [--repeats 3] [--first-token]
+        [--parts choice,speed,gate,runon,hf-grammar]
 
 1. Choice under tool_choice="auto" (benchmarks/tool_requests.json: 30 requests that clearly
    need one of three tools, 30 that clearly need none): the gate's threshold is chosen on
@@ -10,6 +11,15 @@
    reply cut to the same number of tokens (decode tokens/s, prefill excluded).
 3. Scaling with the number of tools bound (1, 5, 20): grammar build time, prompt tokens,
    time to first token and decode tokens/s of a forced call.
+4. gate: the relevance gate's false-call rate with 1, 5 and 20 tools bound (the three
+   tools plus ``more_tools`` of the request file) on the 30 requests that need none, and
+   its call rate on the 30 that need one (their tool among those bound), for the fixed
+   threshold alone and for the calibrated gate (decisions only: no LLM).
+5. runon: forced calls that fit nothing in the request, and "auto" end to end, on llama.cpp
+   and transformers: how many tokens each decodes, and whether it ran to max_tokens.
+6. hf-grammar: the grammar's cost on transformers (llguidance): a forced call under the
+   grammar against a plain reply cut to the same number of tokens, and the grammar's build
+   and per-token mask times.
 """
 
 from __future__ import annotations
@@ -23,15 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.tools import tool
 from pydantic import ValidationError
 
 from curp_chain import CurpChatModel
 from curp_chain.chat.chat_model import PreparedRequest
-from curp_chain.chat.tools.gate import tool_scores
-from curp_chain.chat.tools.specs import tool_specs
+from curp_chain.chat.tools.gate import decide, tool_scores
+from curp_chain.chat.tools.specs import ToolSpec, tool_specs
+from curp_chain.interfaces.protocols import SoftPromptBackend
+from curp_chain.runtime.prompt import ChatTurn
+from curp_chain_integrations.backends.hf import TransformersBackend
 from curp_chain_integrations.backends.llamacpp import LlamaCppBackend
 from curp_chain_stores import SQLHistoryStore
 
@@ -98,17 +112,30 @@ def best_scores(model: CurpChatModel, requests: list[Request]) -> list[tuple[str
     return out
 
 
-def calibrate(model: CurpChatModel, requests: list[Request]) -> float:
-    """The threshold (two decimals) that decides the most requests right: a call when one
-    is needed, text when none is; ties go to the one farthest from every score."""
-    scores = [score for _, score in best_scores(model, requests)]
+def calibrate(model: CurpChatModel, requests: list[Request]) -> tuple[float, float, float]:
+    """(threshold, lowest, highest): the two-decimal thresholds from lowest to highest all
+    decide the most requests right with the calibrated gate (a call when one is needed, text
+    when none is); the threshold is the model's default when it lies among them, else the
+    one farthest from every score."""
+    specs = tool_specs(TOOLS)
+    encode = model.get_personalizer().encoder.encode
+    scores = []
+    for request in requests:  # the gate's choice with no threshold: a call needs s >= t
+        gate = decide([ChatTurn("user", request.text)], specs, encode, -1.0)
+        scores.append(gate.scores[gate.call] if gate.call else -2.0)
     needs = [r.tool is not None for r in requests]
 
     def right(t: float) -> int:
         return sum((s >= t) == need for s, need in zip(scores, needs, strict=True))
 
     candidates = [c / 100 for c in range(-100, 101)]
-    return max(candidates, key=lambda t: (right(t), min(abs(s - t) for s in scores)))
+    most = max(right(t) for t in candidates)
+    best = [t for t in candidates if right(t) == most]
+    default = model.auto_tool_threshold
+    if default is not None and any(abs(t - default) < 1e-9 for t in best):
+        return default, best[0], best[-1]
+    chosen = max(best, key=lambda t: min(abs(s - t) for s in scores))
+    return chosen, best[0], best[-1]
 
 
 def choice_rates(model: CurpChatModel, requests: list[Request]) -> dict[str, int]:
@@ -116,11 +143,14 @@ def choice_rates(model: CurpChatModel, requests: list[Request]) -> dict[str, int
     bound = model.bind_tools(TOOLS)  # tool_choice None = "auto"
     by_name = {t.name: t for t in TOOLS}
     counts = {"needed": 0, "called_needed": 0, "cut_short": 0, "right_tool": 0}
-    counts |= {"valid_args": 0, "right_args": 0}
+    counts |= {"valid_args": 0, "right_args": 0, "to_max_tokens": 0, "run_on": 0}
     counts |= {"not_needed": 0, "called_not_needed": 0}
     for request in requests:
         reply = bound.invoke(request.text)
         calls = reply.tool_calls
+        tried = bool(calls or reply.invalid_tool_calls)  # a call, valid or not
+        counts["to_max_tokens"] += tried and reply.response_metadata["finish_reason"] == "length"
+        counts["run_on"] += "ran on" in reply.response_metadata.get("tool_call_error", "")
         if request.tool is None:
             counts["not_needed"] += 1
             counts["called_not_needed"] += bool(calls or reply.invalid_tool_calls)
@@ -144,9 +174,10 @@ def print_rates(label: str, counts: dict[str, int]) -> None:
     print(
         f"{label}: called a tool for {counts['called_needed']}/{counts['needed']} requests that "
         f"need one (right tool {counts['right_tool']}, arguments valid {counts['valid_args']}, "
-        f"as asked {counts['right_args']}; calls cut short by max_tokens "
-        f"{counts['cut_short']}); for {counts['called_not_needed']}/{counts['not_needed']} "
-        "that need none"
+        f"as asked {counts['right_args']}; invalid calls {counts['cut_short']}); for "
+        f"{counts['called_not_needed']}/{counts['not_needed']} that need none; calls that "
+        f"ran to max_tokens {counts['to_max_tokens']}, calls stopped as run-ons "
+        f"{counts['run_on']}"
     )
 
 
@@ -177,7 +208,7 @@ def synthetic_tools(count: int) -> list[dict[str, Any]]:
     return tools
 
 
-def timed(request: PreparedRequest, backend: LlamaCppBackend) -> tuple[float, float, int]:
+def timed(request: PreparedRequest, backend: SoftPromptBackend) -> tuple[float, float, int]:
     """(seconds to the first piece, seconds after it, output tokens) of one generation."""
     start = time.perf_counter()
     first = None
@@ -191,8 +222,8 @@ def timed(request: PreparedRequest, backend: LlamaCppBackend) -> tuple[float, fl
     return first - start, end - first, usage["output_tokens"]
 
 
-def grammar_cost(model: CurpChatModel, backend: LlamaCppBackend, repeats: int) -> dict[str, Any]:
-    messages = [HumanMessage("What is 1234 plus 5678?")]
+def grammar_cost(model: CurpChatModel, backend: SoftPromptBackend, repeats: int) -> dict[str, Any]:
+    messages: list[BaseMessage] = [HumanMessage("What is 1234 plus 5678?")]
     request = model._prepare(messages, None, {"tools": TOOLS, "tool_choice": "add_numbers"})
     calls = [timed(request, backend) for _ in range(repeats)]
     tokens = calls[0][2]
@@ -216,7 +247,7 @@ def grammar_cost(model: CurpChatModel, backend: LlamaCppBackend, repeats: int) -
 
 def scaling(model: CurpChatModel, backend: LlamaCppBackend, repeats: int) -> list[dict[str, Any]]:
     rows = []
-    messages = [HumanMessage("Look up five records about trail running.")]
+    messages: list[BaseMessage] = [HumanMessage("Look up five records about trail running.")]
     for count in (1, 5, 20):
         request = model._prepare(
             messages, None, {"tools": synthetic_tools(count), "tool_choice": "any"}
@@ -240,48 +271,236 @@ def scaling(model: CurpChatModel, backend: LlamaCppBackend, repeats: int) -> lis
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--first-token", action="store_true", help="also measure the old choice")
-    parser.add_argument("--choice-only", action="store_true", help="skip the speed sections")
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # the encoder too: the machine is shared
-    backend = LlamaCppBackend(n_threads=args.threads)
-    store = SQLHistoryStore("sqlite://")
-    store.setup()
-    model = CurpChatModel(backend=backend, history_store=store, max_tokens=64)
+def tool_pool() -> list[ToolSpec]:
+    """The three tools, then the 17 ``more_tools`` of the request file."""
+    more = json.loads(REQUESTS.read_text())["more_tools"]
+    return list(tool_specs([*TOOLS, *({"type": "function", "function": t} for t in more)]))
+
+
+def tool_sets(pool: list[ToolSpec], k: int, needed: str | None) -> list[list[ToolSpec]]:
+    """The tool sets of size ``k`` a request is tried with: for a request that needs none,
+    every run of ``k`` consecutive tools of the pool (cyclic: each tool in ``k`` of them);
+    for one that needs a tool, that tool and the ``k - 1`` after it."""
+    n = len(pool)
+    if needed is not None:
+        at = [spec.name for spec in pool].index(needed)
+        return [[pool[(at + j) % n] for j in range(min(k, n))]]
+    if k >= n:
+        return [pool]
+    return [[pool[(i + j) % n] for j in range(k)] for i in range(n)]
+
+
+def cached(encode: Any) -> Any:
+    """``encode`` one text at a time, each text once (the gate runs thousands of times)."""
+    memo: dict[str, torch.Tensor] = {}
+
+    def run(texts: Any) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in memo]
+        if missing:
+            memo.update(zip(missing, encode(missing), strict=True))
+        return torch.stack([memo[t] for t in texts])
+
+    return run
+
+
+def gate_scaling(model: CurpChatModel, threshold: float) -> list[dict[str, Any]]:
+    """False-call and call rates of the gate with 1, 5 and 20 tools bound."""
+    data = json.loads(REQUESTS.read_text())
+    none = [r["request"] for r in data["needs_none"]]
+    needs = [(r["request"], r["tool"]) for r in data["needs_tool"]]
+    encode = cached(model.get_personalizer().encoder.encode)
+    pool = tool_pool()
+    rows = []
+    for k in (1, 5, 20):
+        for calibrated in (False, True):
+
+            def call(text: str, specs: list[ToolSpec], on: bool = calibrated) -> str | None:
+                turns = [ChatTurn("user", text)]
+                return decide(turns, specs, encode, threshold, calibrated=on).call
+
+            false = [call(t, specs) is not None for t in none for specs in tool_sets(pool, k, None)]
+            right = [call(t, tool_sets(pool, k, tool)[0]) == tool for t, tool in needs]
+            wrong = sorted({t for t in none for sp in tool_sets(pool, k, None) if call(t, sp)})
+            rows.append(
+                {
+                    "tools": k,
+                    "gate": "calibrated" if calibrated else "threshold only",
+                    "false_calls": sum(false),
+                    "tries": len(false),
+                    "false_rate": statistics.mean(false),
+                    "right_calls": sum(right),
+                    "needed": len(right),
+                    "called_for": wrong,
+                }
+            )
+    return rows
+
+
+MISFIT_CALLS = [
+    ("How much is 40 dollars in yen?", "lookup_orders"),
+    ("Say hello.", "add_numbers"),
+    ("Write a haiku about autumn leaves.", "current_time"),
+    ("Tell me a short joke.", "get_weather"),
+    ("What is the capital of Italy?", "set_timer"),
+    ("Give me one tip for sleeping better.", "track_package"),
+]
+"""Forced calls that fit nothing in the request (the first is the one that ran on)."""
+
+
+def run_ons(models: dict[str, CurpChatModel], max_tokens: int) -> list[dict[str, Any]]:
+    """Each misfit forced call on each backend: tokens decoded, and how it ended."""
+    by_name = {spec.name: spec for spec in tool_pool()}
+    rows = []
+    for backend_name, model in models.items():
+        for question, tool_name in MISFIT_CALLS:
+            tool_dict = by_name[tool_name].as_openai()
+            bound = model.bind_tools([tool_dict], tool_choice=tool_name)
+            start = time.perf_counter()
+            reply = bound.invoke(question, max_tokens=max_tokens)
+            seconds = time.perf_counter() - start
+            error = reply.response_metadata.get("tool_call_error", "")
+            rows.append(
+                {
+                    "backend": backend_name,
+                    "request": question,
+                    "tool": tool_name,
+                    "tokens": reply.usage_metadata["output_tokens"] if reply.usage_metadata else 0,
+                    "finish": reply.response_metadata["finish_reason"],
+                    "valid": bool(reply.tool_calls),
+                    "run_on": "ran on" in error,
+                    "args": reply.tool_calls[0]["args"] if reply.tool_calls else None,
+                    "seconds": seconds,
+                }
+            )
+    return rows
+
+
+def hf_grammar(model: CurpChatModel, backend: TransformersBackend, repeats: int) -> dict[str, Any]:
+    """Grammar cost on transformers: decode rates with and without it, build and mask times."""
+    cost = grammar_cost(model, backend, repeats)
+    messages: list[BaseMessage] = [HumanMessage("What is 1234 plus 5678?")]
+    request = model._prepare(messages, None, {"tools": TOOLS, "tool_choice": "add_numbers"})
+    tokens = [
+        t for piece in backend.stream(request.prompt, request.params) for t in piece.token_ids
+    ]
+    engine = backend._grammars
+    engine.tokenizer()  # built once per backend, before the first constrained request
+    start = time.perf_counter()
+    for _ in range(repeats):
+        engine.constraint(request.params)
+    cost["build_ms"] = 1000 * (time.perf_counter() - start) / repeats
+    constraint = engine.constraint(request.params)
+    assert constraint is not None
+    logits = np.zeros(int(backend.model.config.vocab_size), dtype=np.float32)
+    start = time.perf_counter()
+    for token in tokens:
+        constraint.allowed(logits)
+        constraint.accept(token)
+    cost["mask_ms_per_token"] = 1000 * (time.perf_counter() - start) / max(1, len(tokens))
+    return cost
+
+
+def gate_errors(model: CurpChatModel, requests: list[Request], threshold: float) -> list[str]:
+    """The requests the calibrated gate decides wrong with the three tools."""
+    specs = tool_specs(TOOLS)
+    encode = model.get_personalizer().encoder.encode
+    return [
+        r.text
+        for r in requests
+        if (decide([ChatTurn("user", r.text)], specs, encode, threshold).call is not None)
+        != (r.tool is not None)
+    ]
+
+
+def print_choice(model: CurpChatModel, first_token: bool) -> float:
     tuning, held_out = load_requests()
-    threshold = calibrate(model, tuning)
+    threshold, low, high = calibrate(model, tuning)
     tuned = model.model_copy(update={"auto_tool_threshold": threshold})
-    print(f"threshold chosen on the tuning half ({len(tuning)} requests): {threshold:.2f}")
+    print(
+        f"on the tuning half ({len(tuning)} requests) every threshold from {low:.2f} to "
+        f"{high:.2f} decides the most right; chosen: {threshold:.2f}"
+    )
     for label, requests in (("tuning half", tuning), ("held-out half", held_out)):
-        gate = best_scores(tuned, requests)
-        wrong = [
-            (r.text, round(s, 3))
-            for r, (_, s) in zip(requests, gate, strict=True)
-            if (s >= threshold) != (r.tool is not None)
-        ]
-        print(f"{label}: gate errors {wrong}")
+        print(f"{label}: gate errors {gate_errors(model, requests, threshold)}")
     print_rates("held-out, auto", choice_rates(tuned, held_out))
-    if args.first_token:
+    if first_token:
         first = model.model_copy(update={"auto_tool_threshold": None})
         print_rates("held-out, first-token choice", choice_rates(first, held_out))
-    if args.choice_only:
-        return
-    cost = grammar_cost(model, backend, args.repeats)
+    return threshold
+
+
+def print_speed(model: CurpChatModel, backend: LlamaCppBackend, repeats: int) -> None:
+    cost = grammar_cost(model, backend, repeats)
     print(
         f"forced call: {cost['call_tokens']} tokens at {cost['call_tok_s']:.1f} tok/s; "
         f"plain reply: {cost['plain_tokens']} tokens at {cost['plain_tok_s']:.1f} tok/s"
     )
     print("| tools | grammar build (ms) | prompt tokens | TTFT (s) | decode tok/s | tokens |")
     print("|---|---|---|---|---|---|")
-    for row in scaling(model, backend, args.repeats):
+    for row in scaling(model, backend, repeats):
         print(
             f"| {row['tools']} | {row['grammar_build_ms']:.1f} | {row['prompt_tokens']} | "
             f"{row['ttft_s']:.3f} | {row['decode_tok_s']:.1f} | {row['output_tokens']} |"
         )
+
+
+def print_gate(model: CurpChatModel, threshold: float) -> None:
+    print(f"| tools | gate (threshold {threshold:.2f}) | false calls | rate | right calls |")
+    print("|---|---|---|---|---|")
+    for row in gate_scaling(model, threshold):
+        print(
+            f"| {row['tools']} | {row['gate']} | {row['false_calls']}/{row['tries']} | "
+            f"{row['false_rate']:.3f} | {row['right_calls']}/{row['needed']} |"
+        )
+        print(f"  called for: {row['called_for']}")
+
+
+def print_run_ons(models: dict[str, CurpChatModel], max_tokens: int) -> None:
+    print(f"| backend | request | forced tool | tokens (max {max_tokens}) | finish | ended as |")
+    print("|---|---|---|---|---|---|")
+    for row in run_ons(models, max_tokens):
+        ended = "run-on, stopped" if row["run_on"] else "valid call" if row["valid"] else "invalid"
+        print(
+            f"| {row['backend']} | {row['request']} | {row['tool']} | {row['tokens']} | "
+            f"{row['finish']} | {ended} |"
+        )
+        print(f"  args {row['args']}, {row['seconds']:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-token", action="store_true", help="also measure the old choice")
+    parser.add_argument("--parts", default="choice,speed,gate,runon,hf-grammar")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    torch.set_num_threads(1)  # the encoder and transformers too: the machine is shared
+    backend = LlamaCppBackend(n_threads=args.threads)
+    store = SQLHistoryStore("sqlite://")
+    store.setup()
+    model = CurpChatModel(backend=backend, history_store=store, max_tokens=64)
+    threshold = model.auto_tool_threshold or 0.0
+    if "choice" in parts:
+        threshold = print_choice(model, args.first_token)
+    if "speed" in parts:
+        print_speed(model, backend, args.repeats)
+    if "gate" in parts:
+        print_gate(model, threshold)
+    if parts & {"runon", "hf-grammar"}:
+        hf_backend = TransformersBackend()
+        hf_model = model.model_copy(update={"backend": hf_backend})
+        hf_model._backend = None  # a copy keeps the built backend: use the one given
+        if "runon" in parts:
+            print_run_ons({"llama.cpp": model, "transformers": hf_model}, max_tokens=128)
+        if "hf-grammar" in parts:
+            cost = hf_grammar(hf_model, hf_backend, args.repeats)
+            print(
+                f"transformers: forced call {cost['call_tokens']} tokens at "
+                f"{cost['call_tok_s']:.1f} tok/s; plain reply {cost['plain_tokens']} tokens at "
+                f"{cost['plain_tok_s']:.1f} tok/s; grammar build {cost['build_ms']:.1f} ms, "
+                f"mask {cost['mask_ms_per_token']:.2f} ms per token"
+            )
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -49,16 +50,18 @@ from curp_chain.chat.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_
 from curp_chain.chat.tools.decoding import ToolDecoding, settle_auto, tool_decoding
 from curp_chain.chat.tools.gate import GateDecision, decide
 from curp_chain.chat.tools.prompt import inline_tools
-from curp_chain.chat.tools.specs import resolve_tool_choice, tool_specs
+from curp_chain.chat.tools.specs import resolve_tool_choice, smallest_call, tool_specs
 from curp_chain.chat.tools.stream import ToolCallAssembler, ToolCallResult
 from curp_chain.errors import BackendError, CurpError
 from curp_chain.interfaces.history import HistoryItem, NewHistoryItem
 from curp_chain.interfaces.protocols import (
+    ChunkStream,
     GenerationChunk,
     GenerationParams,
     HistoryStore,
     SoftPrompt,
     SoftPromptBackend,
+    TokenizingBackend,
     TokenLogprob,
 )
 from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, check_compatible, load_checkpoint
@@ -152,13 +155,69 @@ def to_chat_turns(messages: Sequence[BaseMessage]) -> list[ChatTurn]:
     return turns
 
 
+def _with_configured_user(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus ``config["configurable"]["user_id"]`` (how LangGraph passes
+    per-thread values; also read from the config of the graph node or chain step the call
+    runs in). A ``user_id`` given as a keyword or with ``bind`` wins."""
+    if "user_id" in kwargs:
+        return kwargs
+    configurable = ensure_config(config).get("configurable") or {}
+    if configurable.get("user_id") is None:
+        return kwargs
+    return {**kwargs, "user_id": configurable["user_id"]}
+
+
+_EntryPoint = TypeVar("_EntryPoint", bound=Callable[..., Any])
+
+
+def _reads_configured_user(entry: _EntryPoint) -> _EntryPoint:
+    """``entry`` (BaseChatModel's invoke, ainvoke, stream or astream), with the user taken
+    from the call's config by `_with_configured_user`.
+
+    LangChain hands only the config's callbacks, tags and metadata on to ``_generate`` and
+    ``_stream``, so the config is read where the call enters. The result of ``entry``
+    (a message, a coroutine, an iterator or an async iterator) is returned as it is.
+    """
+
+    @functools.wraps(entry)
+    def call(
+        self: BaseChatModel,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return entry(self, input, config, **_with_configured_user(config, kwargs))
+
+    return cast(_EntryPoint, call)
+
+
+def _is_last(chunk: ChatGenerationChunk) -> bool:
+    return getattr(chunk.message, "chunk_position", None) == "last"
+
+
+def _with_call_errors(result: ChatResult) -> ChatResult:
+    """``result`` with the reason of an invalid tool call put back in the call's ``error``
+    (LangChain drops it when it merges the streamed chunks; the reason is also kept in
+    ``response_metadata["tool_call_error"]``)."""
+    for generation in result.generations:
+        message = generation.message
+        reason = message.response_metadata.get("tool_call_error")
+        if isinstance(message, AIMessage) and reason:
+            for call in message.invalid_tool_calls:
+                if call.get("error") is None:
+                    call["error"] = reason
+    return result
+
+
 @dataclass(frozen=True)
 class PreparedRequest:
     """A request ready for the backend: what ``_stream`` and ``_astream`` both start from."""
 
     prompt: SoftPrompt
+    """The chat-templated prompt with the user's soft tokens in place."""
     params: GenerationParams
     personalization: Personalization
+    """Whose soft tokens, from how many history items (reported in ``response_metadata``)."""
     backend: SoftPromptBackend
     kwargs: dict[str, Any]
     """The call's keyword arguments (user_id, model, ...)."""
@@ -243,19 +302,33 @@ class CurpChatModel(BaseChatModel):
     which keeps speed when another process takes a core (see docs/benchmarks.md)."""
     store_url: str | None = None
     """SQLAlchemy URL of the history store; a SQLite file in $CURP_HOME when None."""
-    history_store: Any = Field(default=None, exclude=True)
-    """A HistoryStore instance to use instead of building one from ``store_url``."""
-    backend: Any = Field(default=None, exclude=True)
-    """A SoftPromptBackend instance to use instead of building one."""
+    history_store: HistoryStore | None = Field(default=None, exclude=True)
+    """A HistoryStore instance to use instead of building one from ``store_url`` (checked
+    with ``isinstance``: it must have every method of the protocol)."""
+    backend: SoftPromptBackend | None = Field(default=None, exclude=True)
+    """A SoftPromptBackend instance to use instead of building one (checked with
+    ``isinstance``: it must have every property and method of the protocol)."""
     user_id: str | None = None
     """Default user; usually given per call (``invoke(..., user_id=...)``) or with ``bind``."""
     max_tokens: int = Field(default=256, gt=0)
+    """Most tokens a reply may have (soft and prompt tokens not counted); a reply cut there
+    ends with finish_reason "length". At least 1."""
     temperature: float = Field(default=0.0, ge=0.0)
+    """Sampling temperature. 0 (the default) decodes greedily: always the likeliest token,
+    so a request gets the same reply every time. Higher values give more varied replies;
+    0 or more."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling (with ``temperature`` above 0): sample only among the likeliest
+    tokens whose probabilities add up to ``top_p``. Above 0 and at most 1 (the default,
+    which keeps every token)."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Stop sequences (alias ``stop_sequences``): the reply ends where one would start and
+    leaves it out, with finish_reason "stop". A ``stop`` given to the call replaces these."""
     no_repeat_ngram_size: int = Field(default=4, ge=0)
     """Blocks repeating any n-gram of the reply; small models loop without it. 0 disables."""
     seed: int | None = None
+    """Random seed of the sampler (with ``temperature`` above 0): the same request with the
+    same seed gets the same reply. None seeds each request afresh."""
     logprobs: bool = False
     """Report each reply token's log-probability in ``response_metadata["logprobs"]``."""
     top_logprobs: int = Field(default=0, ge=0, le=20)
@@ -266,6 +339,10 @@ class CurpChatModel(BaseChatModel):
     max_retries: int = 0
     """Accepted for LangChain compatibility; local generation is not retried."""
     streaming: bool = False
+    """LangChain's streaming switch. Left unset, ``stream`` yields the reply token by token
+    and ``invoke`` returns it whole; True sends ``invoke`` through the streaming path too
+    (the same reply: generation is token by token either way, and token callbacks fire
+    either way); set to False, ``stream`` yields the whole reply as one chunk."""
     remember_turns: bool = False
     """Memory that learns: append each user message this model answers to that user's
     history (encoded at write time, so their next request uses it). Off by default."""
@@ -279,6 +356,12 @@ class CurpChatModel(BaseChatModel):
     answers in text. Higher: fewer calls. Calibrated on half of benchmarks/tool_requests.json
     (docs/benchmarks.md). None leaves the choice to the LLM's first token (a reply that
     starts with ``{`` is a call), which SmolLM2-135M never takes."""
+    auto_tool_calibrated: bool = True
+    """tool_choice "auto": besides ``auto_tool_threshold``, the chosen tool must stand out
+    from how it scores on everyday requests by a bar that rises with the number of tools
+    bound, and beat the "no tool" alternatives (curp_chain.chat.tools.gate), so that binding
+    more tools does not bring more calls for requests that need none. False: the threshold
+    alone decides."""
     default_system_message: str | None = DEFAULT_SYSTEM_MESSAGE
     """Sent first when a request has no system message of its own and no soft tokens; None
     sends none (the chat template may then add its own default). See
@@ -311,7 +394,9 @@ class CurpChatModel(BaseChatModel):
 
     @classmethod
     def get_lc_namespace(cls) -> list[str]:
-        return ["curp_chain", "chat_model"]
+        # The public import path, not the defining module: a serialized model keeps loading
+        # when the module moves inside the package.
+        return ["curp_chain"]
 
     def to_json(self) -> Any:
         """``dumpd`` form: the model's parameters. An injected ``backend`` or
@@ -341,10 +426,12 @@ class CurpChatModel(BaseChatModel):
         return self.get_backend().count_tokens(text)
 
     def get_token_ids(self, text: str) -> list[int]:
-        tokenize = getattr(self.get_backend(), "tokenize", None)
-        if tokenize is None:
-            return super().get_token_ids(text)
-        return list(tokenize(text))
+        """Token ids of ``text`` in the backend's own tokenizer (LangChain's default
+        tokenizer for a backend that exposes none)."""
+        backend = self.get_backend()
+        if isinstance(backend, TokenizingBackend):
+            return list(backend.tokenize(text))
+        return super().get_token_ids(text)
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -415,64 +502,13 @@ class CurpChatModel(BaseChatModel):
         """The user's stored items, newest first."""
         return self.get_store().get_items(user_id, limit=limit)
 
-    # --- the user id from a RunnableConfig ----------------------------------------------
-    def _with_configured_user(
-        self, config: RunnableConfig | None, kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
-        """``kwargs`` plus ``config["configurable"]["user_id"]`` (how LangGraph passes
-        per-thread values; also read from the config of the graph node or chain step this
-        call runs in). A ``user_id`` given as a keyword or with ``bind`` wins."""
-        if "user_id" in kwargs:
-            return kwargs
-        configurable = ensure_config(config).get("configurable") or {}
-        if configurable.get("user_id") is None:
-            return kwargs
-        return {**kwargs, "user_id": configurable["user_id"]}
-
-    def invoke(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AIMessage:
-        kwargs = self._with_configured_user(config, kwargs)
-        return super().invoke(input, config, stop=stop, **kwargs)
-
-    async def ainvoke(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AIMessage:
-        kwargs = self._with_configured_user(config, kwargs)
-        return await super().ainvoke(input, config, stop=stop, **kwargs)
-
-    def stream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> Iterator[AIMessageChunk]:
-        kwargs = self._with_configured_user(config, kwargs)
-        return super().stream(input, config, stop=stop, **kwargs)
-
-    async def astream(
-        self,
-        input: LanguageModelInput,
-        config: RunnableConfig | None = None,
-        *,
-        stop: list[str] | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[AIMessageChunk]:
-        kwargs = self._with_configured_user(config, kwargs)
-        async for chunk in super().astream(input, config, stop=stop, **kwargs):
-            yield chunk
+    # --- the user id from a RunnableConfig ---------------------------------------------
+    # BaseChatModel's entry points, wrapped (batch, abatch and chains call these four);
+    # ClassVar tells pydantic they are methods, not fields.
+    invoke: ClassVar = _reads_configured_user(BaseChatModel.invoke)
+    ainvoke: ClassVar = _reads_configured_user(BaseChatModel.ainvoke)
+    stream: ClassVar = _reads_configured_user(BaseChatModel.stream)
+    astream: ClassVar = _reads_configured_user(BaseChatModel.astream)
 
     # --- generation ---------------------------------------------------------------------
     def _params(
@@ -513,8 +549,9 @@ class CurpChatModel(BaseChatModel):
         tool and its arguments match the tool's schema (unless ``max_tokens`` cuts it short:
         the reply then carries an invalid tool call). A reply makes at most one call;
         ``parallel_tool_calls`` is accepted for compatibility. ``strict`` is passed to
-        LangChain's schema conversion (the grammar is always strict). Needs the llama.cpp
-        backend.
+        LangChain's schema conversion (the grammar is always strict). A call whose arguments
+        run on (repeated or counting array items, repeated characters) is stopped there and
+        reported as an invalid tool call whose ``error`` says why.
         """
         specs = tool_specs(tools, strict=strict)
         resolve_tool_choice(tool_choice, specs)  # refuse a bad choice now, not at invoke
@@ -539,7 +576,7 @@ class CurpChatModel(BaseChatModel):
         (``.with_structured_output(S).bind(user_id=...)``): LangChain drops a binding made
         before ``with_structured_output``. ``strict`` is accepted for compatibility: the
         grammar is always strict. With ``include_raw``, the runnable returns
-        ``{"raw", "parsed", "parsing_error"}``. Needs the llama.cpp backend.
+        ``{"raw", "parsed", "parsing_error"}``.
         """
         if kwargs:
             raise CurpError(f"unexpected arguments {sorted(kwargs)}")
@@ -574,9 +611,10 @@ class CurpChatModel(BaseChatModel):
         """Everything a request needs before the first token: the personalized prompt, the
         generation settings and the backend. Shared by the sync and async paths."""
         turns = to_chat_turns(messages)
-        decoding, gate = self._decide_tools(turns, tool_decoding(kwargs))
-        params = self._params(stop, kwargs, decoding)
         backend = self.get_backend()
+        max_tokens = int(kwargs.get("max_tokens", self.max_tokens))
+        decoding, gate = self._decide_tools(turns, tool_decoding(kwargs), backend, max_tokens)
+        params = self._params(stop, kwargs, decoding)
         personalizer = self.get_personalizer()
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
@@ -612,15 +650,35 @@ class CurpChatModel(BaseChatModel):
         return personalizer.user_model.config.chat_system_message
 
     def _decide_tools(
-        self, turns: list[ChatTurn], decoding: ToolDecoding
+        self,
+        turns: list[ChatTurn],
+        decoding: ToolDecoding,
+        backend: SoftPromptBackend,
+        max_tokens: int,
     ) -> tuple[ToolDecoding, GateDecision | None]:
-        """tool_choice "auto" settled by the relevance gate (see curp_chain.chat.tools.gate)."""
+        """tool_choice "auto" settled by the relevance gate (see curp_chain.chat.tools.gate);
+        a call that ``max_tokens`` cannot hold becomes a text reply, never an empty one."""
         if decoding.choice is None or decoding.choice.mode != "auto":
             return decoding, None
         if self.auto_tool_threshold is None:
             return decoding, None
         encoder = self.get_personalizer().encoder
-        gate = decide(turns, decoding.specs, encoder.encode, self.auto_tool_threshold)
+        gate = decide(
+            turns,
+            decoding.specs,
+            encoder.encode,
+            self.auto_tool_threshold,
+            calibrated=self.auto_tool_calibrated,
+        )
+        spec = next((s for s in decoding.specs if s.name == gate.call), None)
+        if spec is not None:
+            needed = backend.count_tokens(smallest_call(spec))
+            if needed > max_tokens:
+                reason = (
+                    f"{gate.reason}, but a call to it needs at least {needed} tokens and "
+                    f"max_tokens is {max_tokens}: replying in text"
+                )
+                gate = GateDecision(None, gate.scores, reason)
         return settle_auto(decoding, gate.call), gate
 
     def _turn_recorder(
@@ -640,7 +698,10 @@ class CurpChatModel(BaseChatModel):
         and the tool calls of a reply that made one)."""
         assembler, memory = request.tool_calls, request.memory
         if piece.finish_reason is None:
-            text = assembler.feed(piece.text) if assembler else piece.text
+            text = assembler.feed(piece.text, len(piece.token_ids)) if assembler else piece.text
+            if assembler is not None and assembler.run_on is not None:
+                piece = self._run_on_end(piece, request, assembler.tokens)
+        if piece.finish_reason is None:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
             if memory:
                 memory.add(text)
@@ -662,7 +723,23 @@ class CurpChatModel(BaseChatModel):
             chunk.message.response_metadata["logprobs"] = logprobs_metadata(piece.logprobs)
         return chunk
 
-    def _open(self, request: PreparedRequest) -> Any:
+    @staticmethod
+    def _run_on_end(
+        piece: GenerationChunk, request: PreparedRequest, output_tokens: int
+    ) -> GenerationChunk:
+        """The last piece of a call stopped because its arguments ran on (its text already
+        read): what the backend would have sent had it ended there."""
+        prompt, backend = request.prompt, request.backend
+        n_soft = 0 if prompt.soft is None else len(prompt.soft)
+        n_text = backend.count_tokens(prompt.before) + backend.count_tokens(prompt.after)
+        usage = {
+            "input_tokens": n_text + n_soft,
+            "output_tokens": output_tokens,
+            "soft_tokens": n_soft,
+        }
+        return GenerationChunk("", finish_reason="stop", usage=usage, logprobs=piece.logprobs)
+
+    def _open(self, request: PreparedRequest) -> ChunkStream:
         """Queue the request on its backend's scheduler; the stream reads its chunks."""
         timeout = request.kwargs.get("timeout", self.timeout)
         return open_stream(request.backend, request.prompt, request.params, timeout=timeout)
@@ -682,6 +759,8 @@ class CurpChatModel(BaseChatModel):
                 if run_manager and chunk.text:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
+                if _is_last(chunk):  # a run-on call ends before its generation does
+                    break
         finally:
             pieces.close()
 
@@ -701,6 +780,8 @@ class CurpChatModel(BaseChatModel):
                 if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
+                if _is_last(chunk):
+                    break
         finally:
             pieces.close()
 
@@ -760,7 +841,8 @@ class CurpChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        result = generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        return _with_call_errors(result)
 
     async def _agenerate(
         self,
@@ -769,4 +851,5 @@ class CurpChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        result = await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        return _with_call_errors(result)

@@ -20,7 +20,10 @@ from curp_chain.errors import CurpError
 
 @dataclass(frozen=True)
 class ToolDecoding:
+    """How one request decodes: which tools it may call, and the grammar's JSON Schema."""
+
     specs: tuple[ToolSpec, ...]
+    """The bound tools (empty when none are)."""
     choice: ToolChoice | None
     """None when no tools are bound."""
     response_schema: Mapping[str, Any] | None
@@ -28,6 +31,7 @@ class ToolDecoding:
     json_schema: Mapping[str, Any] | None
     """What decoding is constrained to: calls, the response schema, or both."""
     json_or_text: bool
+    """The reply may be a call or plain text, the LLM choosing with its first token."""
     no_json_start: bool = False
     """tool_choice "none" with tools bound: a text reply, not a copy of an earlier call."""
 

@@ -3,9 +3,20 @@
 SmolLM2-135M does not make this choice well itself: left to pick its first token, it never
 starts a call (docs/benchmarks.md). The sentence encoder the model already loads for
 personalization makes it instead. It embeds the latest user request and each bound tool
-(its name, description and parameter names); when the best tool's cosine similarity
-reaches the threshold, the reply is a call to that tool, decoded under its grammar (the
-LLM still writes the arguments); otherwise the reply is text.
+(its name, description and parameter names) and picks the tool that stands out most from
+how that tool scores on everyday requests that need no tool. The reply is a call to it,
+decoded under its grammar (the LLM still writes the arguments), when all three hold:
+
+- its cosine similarity to the request reaches the threshold;
+- it stands out from its everyday scores (a z-score against ``EVERYDAY_REQUESTS``) by more
+  than the best of as many unrelated tools would: the bar rises with the number of tools
+  bound (``tool_count_bar``). With one fixed bar, each tool added is one more chance that
+  an everyday request scores above it by accident: with 20 tools bound, 9 in 30 requests
+  that need no tool were called (docs/benchmarks.md);
+- it beats the best "no tool" alternative (``NO_TOOL_INTENTS``: small talk, writing,
+  explanations, how-to, general knowledge) by ``NO_TOOL_MARGIN``.
+
+Otherwise the reply is text.
 
 A tool already called since the latest user message is not offered again. An agent calls
 the model again after each tool result with the same tools bound: that call then answers in
@@ -14,8 +25,10 @@ text instead of repeating the call forever.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 
@@ -24,6 +37,68 @@ from curp_chain.runtime.prompt import ChatTurn
 
 Encode = Callable[[Sequence[str]], torch.Tensor]
 """Texts -> (N, D) unit vectors (``SentenceEncoder.encode``)."""
+
+EVERYDAY_REQUESTS = (
+    "Hi there!",
+    "Hello, how are you?",
+    "Thanks a lot!",
+    "Bye for now.",
+    "Good morning!",
+    "What is your name?",
+    "Do you like music?",
+    "Can you keep a secret?",
+    "I feel a bit sad today.",
+    "Tell me a story about a dragon.",
+    "Write a limerick about a dog.",
+    "Compose a song about friendship.",
+    "Write a short thank-you note.",
+    "Can you help me write a cover letter?",
+    "Rephrase this sentence more politely.",
+    "Give me a riddle.",
+    "Give me a motivational quote.",
+    "What is the meaning of life?",
+    "Explain how gravity works.",
+    "How are rainbows formed?",
+    "Why is the sky blue?",
+    "What is a verb?",
+    "Define the word 'serendipity'.",
+    "How do you say thank you in Spanish?",
+    "Who invented the telephone?",
+    "What is the largest ocean?",
+    "How many planets are in the solar system?",
+    "Who was Napoleon?",
+    "Tell me about ancient Rome.",
+    "List three famous painters.",
+    "What's the difference between a frog and a toad?",
+    "Summarize the story of Snow White.",
+    "Tell me something interesting.",
+    "Give me advice on learning to code.",
+    "What are the benefits of exercise?",
+    "What is a healthy breakfast?",
+    "How can I relax after work?",
+    "What's a fun hobby to try?",
+    "Suggest a movie for tonight.",
+    "Recommend a podcast about history.",
+)
+"""Requests that need no tool, of every everyday kind: how a tool scores on these is its
+baseline (some tools' descriptions are close to everything, others to nothing)."""
+
+NO_TOOL_INTENTS = (
+    "small talk: a greeting, thanks, goodbye, or a question about you",
+    "creative writing: a poem, a story, a joke, a message or a letter",
+    "explain why or how something is: science, history, language, meanings of words",
+    "how to do something: instructions, a recipe, tips, advice or a recommendation",
+    "general knowledge: a fact about people, places, books, art or animals",
+)
+"""The "no tool" alternatives a tool must beat: what a request that needs none asks for."""
+
+TOOL_Z = 2.0
+"""How far (in standard deviations of its everyday scores) the chosen tool must stand out
+with one tool bound; ``tool_count_bar`` raises it with more (docs/benchmarks.md)."""
+
+NO_TOOL_MARGIN = 0.05
+"""How much closer the request must be to the chosen tool than to every "no tool"
+alternative (cosine similarity)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +110,22 @@ class GateDecision:
     scores: dict[str, float]
     """Cosine similarity of the request to each tool still on offer."""
     reason: str
+    """Why, in words (reported in ``response_metadata["tool_gate"]``)."""
+
+
+def tool_count_bar(n_tools: int) -> float:
+    """The z-score the best of ``n_tools`` unrelated tools exceeds half the time (the median
+    of the largest of n standard normal variables): 0 for one tool, 0.55 for two, 1.2 for
+    five, 1.9 for twenty. Raising the bar by it keeps the chance of a call to an unrelated
+    tool what it is with one tool bound."""
+    return NormalDist().inv_cdf(0.5 ** (1 / n_tools)) if n_tools > 1 else 0.0
+
+
+@functools.lru_cache(maxsize=8)
+def _references(encode: Encode) -> tuple[torch.Tensor, torch.Tensor]:
+    """(everyday requests, "no tool" intents) as vectors, encoded once per encoder."""
+    vectors = encode([*EVERYDAY_REQUESTS, *NO_TOOL_INTENTS])
+    return vectors[: len(EVERYDAY_REQUESTS)], vectors[len(EVERYDAY_REQUESTS) :]
 
 
 def tool_text(spec: ToolSpec) -> str:
@@ -64,18 +155,52 @@ def tool_scores(request: str, specs: Sequence[ToolSpec], encode: Encode) -> dict
 
 
 def decide(
-    turns: Sequence[ChatTurn], specs: Sequence[ToolSpec], encode: Encode, threshold: float
+    turns: Sequence[ChatTurn],
+    specs: Sequence[ToolSpec],
+    encode: Encode,
+    threshold: float,
+    *,
+    calibrated: bool = True,
 ) -> GateDecision:
-    """A call to the best-matching tool not yet called for the latest request, if its
-    similarity reaches ``threshold``; otherwise text."""
+    """A call to the tool (not yet called for the latest request) that stands out most from
+    its everyday scores, when it passes the three tests of the module docstring; otherwise
+    text. ``calibrated=False``: a call to the most similar tool when it reaches
+    ``threshold``, whatever the number of tools."""
     request, called = latest_request(turns)
     offered = [spec for spec in specs if spec.name not in called]
     if not request.strip():
         return GateDecision(None, {}, "no user request to match")
     if not offered:
         return GateDecision(None, {}, "every tool was already called for this request")
-    scores = tool_scores(request, offered, encode)
-    best = max(scores, key=scores.__getitem__)
-    if scores[best] < threshold:
+    vectors = encode([request, *(tool_text(spec) for spec in offered)])  # (1 + T, D)
+    similarity = vectors[1:] @ vectors[0]  # (T,): unit vectors, so cosines
+    scores = {spec.name: float(s) for spec, s in zip(offered, similarity, strict=True)}
+    if not calibrated:
+        best = max(scores, key=scores.__getitem__)
+        if scores[best] < threshold:
+            return GateDecision(None, scores, f"no tool reaches the threshold {threshold}")
+        return GateDecision(best, scores, f"{best} reaches the threshold {threshold}")
+    everyday, intents = _references(encode)
+    baseline = vectors[1:] @ everyday.T  # (T, E)
+    z = (similarity - baseline.mean(1)) / baseline.std(1).clamp_min(1e-6)  # (T,)
+    chosen = int(z.argmax())
+    best, score, stands_out = offered[chosen].name, float(similarity[chosen]), float(z[chosen])
+    bar = TOOL_Z + tool_count_bar(len(offered))
+    tools = f"{len(offered)} tool{'s' if len(offered) > 1 else ''}"
+    no_tool = float((intents @ vectors[0]).max())
+    if score < threshold:
         return GateDecision(None, scores, f"no tool reaches the threshold {threshold}")
-    return GateDecision(best, scores, f"{best} reaches the threshold {threshold}")
+    if stands_out < bar:
+        reason = (
+            f"{best} stands out from its everyday scores by {stands_out:.2f} standard "
+            f"deviations, under the bar of {bar:.2f} for {tools}"
+        )
+        return GateDecision(None, scores, reason)
+    if score < no_tool + NO_TOOL_MARGIN:
+        reason = (
+            f"the request is about as close to a reply without tools ({no_tool:.3f}) as to "
+            f"{best} ({score:.3f})"
+        )
+        return GateDecision(None, scores, reason)
+    reason = f"{best} reaches the threshold {threshold} and the bar of {bar:.2f} for {tools}"
+    return GateDecision(best, scores, reason)

@@ -30,7 +30,9 @@ class ToolSpec:
     """One tool as the prompt and the grammar see it."""
 
     name: str
+    """The name a call gives (the function's or the tool's name)."""
     description: str
+    """What the tool does, shown to the LLM and matched by the relevance gate."""
     parameters: Mapping[str, Any]
     """JSON Schema of the arguments object, with every ``$ref`` resolved."""
 
@@ -52,6 +54,7 @@ class ToolChoice:
 
     mode: ToolMode
     names: tuple[str, ...]
+    """The tools a call may name: all bound tools, or the one tool_choice names."""
 
 
 def to_tool_spec(tool: Any, *, strict: bool | None = None) -> ToolSpec:
@@ -140,3 +143,36 @@ def new_call_id() -> str:
 
 def arguments_json(arguments: Any) -> str:
     return json.dumps(arguments, ensure_ascii=False, separators=(", ", ": "))
+
+
+def smallest_value(schema: Any) -> Any:
+    """The shortest value ``schema`` accepts, as far as a rough reading tells (an object
+    with its required properties only, "" for a string, 0 for a number, an array of its
+    ``minItems``): what a call needs at the least."""
+    if not isinstance(schema, Mapping):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return min(schema["enum"], key=lambda v: len(json.dumps(v)))
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(options, list) and options:
+        return min((smallest_value(o) for o in options), key=lambda v: len(json.dumps(v)))
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None and isinstance(schema.get("properties"), Mapping):
+        kind = "object"
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        required = [k for k in schema.get("required", []) if k in properties]
+        return {k: smallest_value(properties[k]) for k in required}
+    if kind == "array":
+        return [smallest_value(schema.get("items"))] * int(schema.get("minItems", 0))
+    defaults = {"string": "", "integer": 0, "number": 0, "boolean": False}
+    return defaults.get(str(kind))
+
+
+def smallest_call(spec: ToolSpec) -> str:
+    """The shortest call to ``spec`` (JSON), as the grammar lets the model write it."""
+    return json.dumps({"name": spec.name, "arguments": smallest_value(spec.parameters)})

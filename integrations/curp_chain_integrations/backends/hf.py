@@ -7,6 +7,7 @@ as safetensors beside the history store, which turns a 30 s load into a few seco
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -17,7 +18,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,10 @@ from curp_chain.interfaces.protocols import GenerationChunk, GenerationParams, S
 from curp_chain.locations import curp_home
 from curp_chain.runtime.generation import Logits, banned_by_ngrams, decode_loop
 from curp_chain.runtime.scheduler import GenerationStream, RequestScheduler
-from curp_chain_integrations.backends.llamacpp import (
-    check_model_file,
-    gguf_problem,
-    model_id_from_gguf,
-)
+from curp_chain_integrations.backends.gguf import check_model_file, gguf_problem, model_id_from_gguf
+from curp_chain_integrations.backends.hf_constraints import GrammarEngine, GuidanceConstraint
+from curp_chain_integrations.backends.hf_tokenizer import HFTokenizerMixin
+from curp_chain_integrations.backends.prefix_cache import DEFAULT_PREFIX_CACHE_SIZE, PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -169,11 +169,23 @@ def _kv_cache(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-class TransformersBackend:
+def _cache_nbytes(cache: Any) -> int:
+    """Bytes held by the key and value tensors of a transformers KV cache."""
+    tensors = [
+        getattr(layer, name, None)
+        for layer in getattr(cache, "layers", ())
+        for name in ("keys", "values")
+    ]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+class TransformersBackend(HFTokenizerMixin):
     """A causal LM run by transformers on CPU or GPU, accepting soft prompts.
 
     Requests queue on the backend's scheduler: one worker thread decodes up to ``slots`` of
     them interleaved, each with its own KV cache; ``max_queued`` more may wait.
+    ``prefix_cache_size`` prompt prefixes (the text before the first soft token) are kept
+    decoded for later requests with the same prefix (0: off; see ``prefix_cache``).
     """
 
     def __init__(
@@ -186,7 +198,9 @@ class TransformersBackend:
         use_cache: bool = True,
         slots: int = 4,
         max_queued: int = 64,
+        prefix_cache_size: int = DEFAULT_PREFIX_CACHE_SIZE,
     ):
+        self._prefix_cache: PrefixCache[Any] = PrefixCache(prefix_cache_size, size_of=_cache_nbytes)
         path = check_model_file(model_path)
         self._model_id = model_id or _gguf_model_id(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -206,14 +220,12 @@ class TransformersBackend:
             f"transformers {path.name}", slots=slots, max_queued=max_queued
         )
         weakref.finalize(self, self._scheduler.close)
-        self._special = {
-            "bos_token": tokenizer.bos_token or "",
-            "eos_token": tokenizer.eos_token or "",
-        }
         # transformers 5.x renamed the KV-cache argument from past_key_values to cache.
         parameters = inspect.signature(self.model.forward).parameters
         self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self._end_ids = {i for i in (tokenizer.eos_token_id, config.eos_token_id) if i is not None}
+        # Tool calls and structured output: llguidance grammars (hf_constraints).
+        self._grammars = GrammarEngine(tokenizer, self._end_ids, int(config.vocab_size))
 
     @property
     def model_id(self) -> str:
@@ -228,27 +240,15 @@ class TransformersBackend:
         return self._context_length
 
     @property
-    def chat_template(self) -> str:
-        return str(self.tokenizer.chat_template or "")
-
-    @property
-    def special_tokens(self) -> Mapping[str, str]:
-        return self._special
-
-    @property
     def scheduler(self) -> RequestScheduler:
         """The queue and worker every request of this backend goes through."""
         return self._scheduler
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of already-templated text (special tokens parsed, none added)."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+    @property
+    def prefix_cache(self) -> PrefixCache[Any]:
+        """The decoded prompt prefixes (``stats`` counts hits and tokens reused;
+        ``clear()`` empties it)."""
+        return self._prefix_cache
 
     def embed_tokens(self, tokens: Sequence[int]) -> torch.Tensor:
         """(len(tokens), H) input embeddings, exactly as the model's own token path makes them."""
@@ -293,20 +293,39 @@ class TransformersBackend:
         self, prompt: SoftPrompt, params: GenerationParams, *, timeout: float | None = None
     ) -> GenerationStream[GenerationChunk]:
         """Queue a request; read its chunks from the returned stream (sync or async)."""
-        if params.json_schema is not None:
-            raise BackendError(
-                "tool calls and structured output decode under a grammar, and the "
-                "transformers backend has no grammar engine; use the llama.cpp backend "
-                "(backend_kind='llamacpp')"
-            )
         before, soft, after = self._checked_prompt(prompt)
+        constraint = self._grammars.constraint(params)  # a bad JSON Schema fails here
         return self._scheduler.submit(
-            lambda _slot: self._generate(before, soft, after, params), timeout=timeout
+            lambda _slot: self._generate(before, soft, after, params, constraint),
+            timeout=timeout,
         )
 
     def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
         """The request's chunks; closing the iterator stops its generation."""
         return self.submit(prompt, params)
+
+    def _prefill(self, before: list[int], soft: torch.Tensor | None, after: list[int]) -> Any:
+        """The model's output on the prompt, with its KV cache. A prompt with soft tokens
+        runs in two steps, the text before them and then the rest, so that its reply is the
+        same whether that text's cache was restored from the prefix cache or computed."""
+        n_input = len(before) + (0 if soft is None else len(soft)) + len(after)
+        if soft is None or not before:
+            self._prefix_cache.record(decoded=n_input, reused=0)
+            embeds = self.prompt_embeddings(before, soft, after)[None]
+            return self.model(inputs_embeds=embeds, use_cache=True)
+        key = self._prefix_cache.key(before)
+        saved = self._prefix_cache.get(key) if key is not None else None
+        if saved is not None:
+            cache = copy.deepcopy(saved)  # the request's forward passes extend it in place
+        else:
+            prefix = self.model(inputs_embeds=self.embed_tokens(before)[None], use_cache=True)
+            cache = _kv_cache(prefix)
+            if key is not None:
+                self._prefix_cache.put(key, copy.deepcopy(cache))
+        reused = 0 if saved is None else len(before)
+        self._prefix_cache.record(decoded=n_input - reused, reused=reused)
+        rest = self.prompt_embeddings([], soft, after)[None]
+        return self.model(inputs_embeds=rest, use_cache=True, **{self._cache_argument: cache})
 
     @torch.no_grad()
     def _generate(
@@ -315,12 +334,13 @@ class TransformersBackend:
         soft: torch.Tensor | None,
         after: list[int],
         params: GenerationParams,
+        constraint: GuidanceConstraint | None = None,
     ) -> Iterator[GenerationChunk]:
-        """Prefill and decode with a KV cache of this request's own (on the worker)."""
+        """Prefill and decode with a KV cache of this request's own (on the worker), under
+        ``constraint`` (a grammar) when given."""
         n_soft = 0 if soft is None else len(soft)
         n_input = len(before) + n_soft + len(after)
-        embeds = self.prompt_embeddings(before, soft, after)[None]
-        out = self.model(inputs_embeds=embeds, use_cache=True)
+        out = self._prefill(before, soft, after)
         state = {"cache": _kv_cache(out)}
 
         def feed(token: int) -> Logits:
@@ -340,6 +360,7 @@ class TransformersBackend:
             max_new_tokens=min(params.max_tokens, self._context_length - n_input),
             input_tokens=n_input,
             soft_tokens=n_soft,
+            constraint=constraint,
         )
 
     @torch.no_grad()

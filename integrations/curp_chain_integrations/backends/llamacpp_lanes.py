@@ -6,11 +6,19 @@ feed it. Its worker prefills each new request on its own, then decodes one token
 active request in one ``llama_decode`` per round. Lanes share the loaded model's weights
 and run in parallel, one thread each, so single-threaded lanes use several cores without
 llama.cpp's cross-thread synchronisation (which collapses when a core is busy).
+
+Prefix cache: a prompt's text before its soft tokens is decoded on its own and its cells
+saved with llama.cpp's per-sequence state API (``llama_state_seq_get_data``: the cells'
+positions, keys and values, in host memory); a later request with the same prefix restores
+them into its own sequence (``llama_state_seq_set_data``), on any lane. Copying cells with
+``llama_memory_seq_cp`` instead would need a reserved sequence per cached prefix in every
+context, and with per-sequence KV buffers (not unified) it copies the source's whole buffer
+of ``n_ctx`` cells; a saved state holds only the prefix's cells (measured: 36 MB for 1,588
+tokens of SmolLM2, saved in 47 ms and restored in 22 ms), and one copy serves every lane.
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,12 @@ import numpy as np
 from curp_chain.errors import BackendError
 from curp_chain.runtime.generation import Feed, Logits
 from curp_chain.runtime.scheduler import RoundWork
+from curp_chain_integrations.backends.llamacpp_native import (
+    NativeBatch,
+    NativeContext,
+    SequenceState,
+)
+from curp_chain_integrations.backends.prefix_cache import PrefixCache
 
 
 def check_logits(logits: Logits, source: Path | str) -> Logits:
@@ -46,59 +60,11 @@ class TokenDecode(RoundWork):
         self.feed = feed
 
 
-class _NativeBatch:
-    """An owned llama_batch for tokens (embd_dim=0) or embeddings; freed on close."""
-
-    def __init__(self, llama_cpp: Any, capacity: int, embd_dim: int):
-        self._lib = llama_cpp
-        self.capacity = capacity
-        self.batch = llama_cpp.llama_batch_init(capacity, embd_dim, 1)
-
-    def fill(
-        self, seq: int, start_pos: int, tokens: Sequence[int] | None, embeds: np.ndarray | None
-    ) -> None:
-        """Consecutive tokens (or embeddings) of one sequence; logits for the last only."""
-        count = len(tokens) if tokens is not None else len(embeds)  # type: ignore[arg-type]
-        if count > self.capacity:
-            raise ValueError(f"batch of {count} exceeds capacity {self.capacity}")
-        b = self.batch
-        b.n_tokens = count
-        if embeds is not None:
-            flat = np.ascontiguousarray(embeds, dtype=np.float32).reshape(-1)
-            ctypes.memmove(b.embd, flat.ctypes.data, flat.nbytes)
-        for i in range(count):
-            if tokens is not None:
-                b.token[i] = tokens[i]
-            b.pos[i] = start_pos + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = i == count - 1
-
-    def fill_steps(self, steps: Sequence[TokenDecode]) -> None:
-        """One token of each step's sequence, at its own position; logits for every one."""
-        if len(steps) > self.capacity:
-            raise ValueError(f"batch of {len(steps)} exceeds capacity {self.capacity}")
-        b = self.batch
-        b.n_tokens = len(steps)
-        for i, step in enumerate(steps):
-            b.token[i] = step.feed.token
-            b.pos[i] = step.position
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = step.seq
-            b.logits[i] = True
-
-    def close(self) -> None:
-        if self.batch is not None:
-            self._lib.llama_batch_free(self.batch)
-            self.batch = None
-
-
 class DecodeLane:
     """A llama.cpp context of ``sequences`` KV-cache sequences and its batches, used by
     one worker thread only.
 
     Args:
-        llama_cpp: the llama_cpp module.
         llama: the loaded ``Llama`` (its model, and the context settings it chose).
         sequences: requests this lane decodes at once.
         n_ctx: tokens per sequence.
@@ -109,7 +75,6 @@ class DecodeLane:
 
     def __init__(
         self,
-        llama_cpp: Any,
         llama: Any,
         *,
         sequences: int,
@@ -118,12 +83,8 @@ class DecodeLane:
         threads: int,
         source: Path,
     ):
-        from llama_cpp._internals import LlamaContext  # private but pinned (0.3.36)
-
-        self._lib = llama_cpp
         self._source = source
         self._n_batch = n_batch
-        self._n_vocab = int(llama.n_vocab())
         made = llama.context_params
         params = type(made).from_buffer_copy(made)  # the same settings Llama chose
         params.n_ctx = n_ctx * sequences
@@ -131,36 +92,64 @@ class DecodeLane:
         params.n_seq_max = sequences
         params.kv_unified = False
         params.n_threads = params.n_threads_batch = threads
-        try:
-            self._context = LlamaContext(model=llama._model, params=params, verbose=False)
-        except ValueError:
-            raise BackendError(
-                f"llama.cpp could not make a context of {sequences} x {n_ctx} tokens; "
-                "lower slots or n_ctx"
-            ) from None
-        self.ctx = self._context.ctx
-        self._token_batch = _NativeBatch(llama_cpp, max(n_batch, sequences), 0)
-        self._embd_batch = _NativeBatch(llama_cpp, n_batch, int(llama.n_embd()))
+        self._context = NativeContext(
+            llama,
+            params,
+            f"llama.cpp could not make a context of {sequences} x {n_ctx} tokens; "
+            "lower slots or n_ctx",
+        )
+        # Should a batch fail, the context is freed with the model (LlamaContext's rule).
+        self._token_batch = NativeBatch(max(n_batch, sequences))
+        self._embd_batch = NativeBatch(n_batch, embd=int(llama.n_embd()))
 
     @property
     def n_ctx_seq(self) -> int:
         """Tokens one sequence holds."""
-        return int(self._lib.llama_n_ctx_seq(self.ctx))
+        return self._context.n_ctx_seq
 
     @property
     def n_threads(self) -> int:
-        return int(self._lib.llama_n_threads(self.ctx))
+        return self._context.n_threads
 
-    def _decode(self, batch: _NativeBatch) -> None:
-        code = self._lib.llama_decode(self.ctx, batch.batch)
-        if code != 0:
-            raise BackendError(f"llama_decode failed with return code {code}")
+    def prefill(
+        self,
+        seq: int,
+        segments: list[tuple[str, Any]],
+        *,
+        prefix: Sequence[int] = (),
+        cache: PrefixCache[SequenceState] | None = None,
+    ) -> int:
+        """Decode the tokens of ``prefix``, then ("tokens", ids) and ("embd", array)
+        ``segments`` in order, into the emptied sequence ``seq``; returns the positions used.
 
-    def prefill(self, seq: int, segments: list[tuple[str, Any]]) -> int:
-        """Decode ("tokens", ids) and ("embd", array) segments in order into the emptied
-        sequence ``seq``; returns the positions used."""
+        The prefix is decoded on its own, then saved in ``cache``; a later request with the
+        same prefix restores that state instead and decodes only its segments, the same
+        decodes as the first one's after its prefix, so both get the same logits.
+        """
+        if prefix and not segments:
+            raise ValueError("a prefix must be followed by segments (they give the logits)")
         self.clear(seq)
-        position = 0
+        key = cache.key(prefix) if cache is not None and prefix else None
+        state = cache.get(key) if cache is not None and key is not None else None
+        if state is not None:
+            if state.positions != len(prefix):
+                raise BackendError(
+                    f"a cached prefix state holds {state.positions} positions, not {len(prefix)}"
+                )
+            self._context.restore(seq, state)
+            position = reused = len(prefix)
+        else:
+            position = self._decode(seq, [("tokens", list(prefix))] if prefix else [], 0)
+            reused = 0
+            if cache is not None and key is not None:
+                cache.put(key, self._context.save(seq))
+        position = self._decode(seq, segments, position)
+        if cache is not None:
+            cache.record(decoded=position - reused, reused=reused)
+        return position
+
+    def _decode(self, seq: int, segments: list[tuple[str, Any]], position: int) -> int:
+        """Decode ``segments`` into ``seq`` from ``position`` on; returns the next position."""
         for kind, values in segments:
             batch = self._token_batch if kind == "tokens" else self._embd_batch
             for start in range(0, len(values), self._n_batch):
@@ -169,30 +158,28 @@ class DecodeLane:
                     batch.fill(seq, position, chunk, None)
                 else:
                     batch.fill(seq, position, None, chunk)
-                self._decode(batch)
+                self._context.decode(batch)
                 position += len(chunk)
         return position
 
     def logits(self, index: int = -1) -> Logits:
         """The logits of the last decode's ``index``-th token (with logits on)."""
-        pointer = self._lib.llama_get_logits_ith(self.ctx, index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).copy()
-        return check_logits(logits, self._source)
+        return check_logits(self._context.logits(index), self._source)
 
     def decode_round(self, steps: Sequence[TokenDecode]) -> None:
         """One decode for a token of every active request, each in its own sequence: the
         weights are read once per round instead of once per request."""
-        self._token_batch.fill_steps(steps)
-        self._decode(self._token_batch)
+        self._token_batch.fill_tokens([(s.feed.token, s.position, s.seq) for s in steps])
+        self._context.decode(self._token_batch)
         for index, step in enumerate(steps):
             step.feed.logits = self.logits(index)
 
     def clear(self, seq: int) -> None:
         """Empty sequence ``seq`` of the KV cache."""
-        memory = self._lib.llama_get_memory(self.ctx)
-        self._lib.llama_memory_seq_rm(memory, seq, -1, -1)
+        self._context.clear(seq)
 
     def close(self) -> None:
+        """Free the batches, then the context."""
         self._token_batch.close()
         self._embd_batch.close()
         self._context.close()

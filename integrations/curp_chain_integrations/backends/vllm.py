@@ -4,11 +4,24 @@ The prompt is built exactly as for the other backends (``build_soft_prompt``); i
 pieces are embedded with the model's own input-embedding table (read from the weights),
 the user's soft tokens go between them, and vLLM generates from the whole sequence
 (``enable_prompt_embeds``). vLLM batches requests across users itself (continuous
-batching), each with its own KV cache: prompt embeddings are never prefix-cached.
+batching), each with its own KV cache.
+
+Prefix caching: vLLM's automatic prefix caching is turned on where it keys cached KV blocks
+by their prompt embeddings (vllm-project/vllm#27219: each 16-token block's key chains the
+previous block's key with a SHA-256 of the block's embedding bytes). A block that lies
+wholly in the text before the first soft token (system message, tools, template) is then
+shared by every request with the same text, whatever the user; a block holding a soft token,
+and every block after it, is reused only by a request whose embeddings up to there are
+byte-identical (the same user's same soft tokens), which computes the very same KV. On an
+older vLLM, whose keys would not tell embeddings apart, it stays off.
 
 Only for trusted callers: vLLM may crash on an embedding of the wrong shape, so shapes
-are checked here first. n-gram blocking, logprobs and JSON-Schema constraints are not
-offered on this backend.
+are checked here first. n-gram blocking and logprobs are not offered on this backend.
+
+Tool calls and structured output: the JSON-Schema constraints become vLLM structured outputs
+with the same Lark grammars the transformers backend decodes under (``hf_constraints``),
+run by vLLM's "guidance" structured-outputs engine (llguidance, as on transformers) unless
+``engine_options`` choose another.
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ import itertools
 import json
 import logging
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +41,8 @@ from curp_chain.errors import BackendError, ContextLengthError, MissingDependenc
 from curp_chain.interfaces.protocols import GenerationChunk, GenerationParams, SoftPrompt
 from curp_chain.locations import DEFAULT_LLM_ID
 from curp_chain.runtime.scheduler import GenerationStream, RequestScheduler
+from curp_chain_integrations.backends.hf_constraints import check_grammar, constraint_grammar
+from curp_chain_integrations.backends.hf_tokenizer import HFTokenizerMixin
 
 logger = logging.getLogger(__name__)
 VLLM_INSTALL = "pip install 'curp-chain-integrations[vllm]'  (on a machine with a CUDA GPU)"
@@ -39,6 +54,16 @@ def _import_vllm() -> Any:
     except ImportError:
         raise MissingDependencyError(f"the vLLM backend needs vLLM; run: {VLLM_INSTALL}") from None
     return vllm
+
+
+def embeddings_keyed_prefix_cache() -> bool:
+    """Whether the installed vLLM keys prefix-cache blocks by their prompt embeddings (the
+    function that hashes them arrived with vllm-project/vllm#27219)."""
+    try:
+        from vllm.v1.core import kv_cache_utils
+    except ImportError:
+        return False
+    return hasattr(kv_cache_utils, "_gen_prompt_embeds_extra_hash_keys")
 
 
 def input_embeddings(folder: Path) -> torch.Tensor:
@@ -53,7 +78,17 @@ def input_embeddings(folder: Path) -> torch.Tensor:
     raise BackendError(f"no embed_tokens.weight in the safetensors files of {folder}")
 
 
-class VLLMBackend:
+def guidance_structured_outputs() -> Any:
+    """vLLM's structured-outputs setting with llguidance as its engine, or None on a vLLM
+    without it (before 0.11)."""
+    try:
+        from vllm.config import StructuredOutputsConfig
+    except ImportError:
+        return None
+    return StructuredOutputsConfig(backend="guidance")
+
+
+class VLLMBackend(HFTokenizerMixin):
     """A Hugging Face-format model served by vLLM, accepting soft prompts.
 
     Args:
@@ -62,6 +97,9 @@ class VLLMBackend:
             same weights llama.cpp runs, so one CURP checkpoint serves all three backends.
         model_id: identifier checked against checkpoints; the default LLM id when None.
         max_queued: requests waiting beyond ``max_num_seqs`` before QueueFullError.
+        enable_prefix_caching: reuse the KV blocks of a prompt start another request
+            computed (module docstring); stays off on a vLLM that cannot key them by the
+            prompt embeddings.
         engine_options: passed to ``vllm.EngineArgs`` (``gpu_memory_utilization``,
             ``max_model_len``, ``tensor_parallel_size``, ``max_num_seqs`` ...).
     """
@@ -72,6 +110,7 @@ class VLLMBackend:
         *,
         model_id: str | None = None,
         max_queued: int = 1024,
+        enable_prefix_caching: bool = True,
         **engine_options: Any,
     ):
         vllm = _import_vllm()
@@ -82,7 +121,22 @@ class VLLMBackend:
         self._model_id = model_id or DEFAULT_LLM_ID
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self._embeddings = input_embeddings(folder)
-        args = vllm.EngineArgs(model=str(folder), enable_prompt_embeds=True, **engine_options)
+        caching = enable_prefix_caching and embeddings_keyed_prefix_cache()
+        if enable_prefix_caching and not caching:
+            logger.warning(
+                "this vLLM cannot key cached prefixes by prompt embeddings; prefix caching "
+                "stays off (upgrade vLLM to turn it on)"
+            )
+        self.prefix_caching = caching  # whether vLLM reuses cached prefixes of these prompts
+        guidance = guidance_structured_outputs()  # the engine the grammars are written for
+        if guidance is not None:
+            engine_options.setdefault("structured_outputs_config", guidance)
+        args = vllm.EngineArgs(
+            model=str(folder),
+            enable_prompt_embeds=True,
+            enable_prefix_caching=caching,
+            **engine_options,
+        )
         self.engine = vllm.LLMEngine.from_engine_args(args)
         config = json.loads((folder / "config.json").read_text())
         self._context_length = int(
@@ -94,10 +148,6 @@ class VLLMBackend:
         )
         self._outputs: dict[str, deque[Any]] = {}
         self._ids = itertools.count()
-        self._special = {
-            "bos_token": self.tokenizer.bos_token or "",
-            "eos_token": self.tokenizer.eos_token or "",
-        }
         self._warned_ngrams = False
 
     @property
@@ -113,22 +163,8 @@ class VLLMBackend:
         return self._context_length
 
     @property
-    def chat_template(self) -> str:
-        return str(self.tokenizer.chat_template or "")
-
-    @property
-    def special_tokens(self) -> Mapping[str, str]:
-        return self._special
-
-    @property
     def scheduler(self) -> RequestScheduler:
         return self._scheduler
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
 
     def prompt_embeddings(self, prompt: SoftPrompt) -> torch.Tensor:
         """(L, H) embeddings of before + soft + after, checked against the model."""
@@ -153,15 +189,20 @@ class VLLMBackend:
         return embeds
 
     def _sampling(self, params: GenerationParams) -> Any:
-        if params.json_schema is not None or params.logprobs:
+        if params.logprobs:
             raise BackendError(
-                "JSON-Schema constraints and logprobs are offered by the llama.cpp backend only"
+                "logprobs are offered by the llama.cpp and transformers backends only"
             )
         if params.no_repeat_ngram_size and not self._warned_ngrams:
             logger.warning("vLLM backend: n-gram repeat blocking is not applied")
             self._warned_ngrams = True
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        structured = None
+        grammar = constraint_grammar(params)
+        if grammar is not None:
+            check_grammar(grammar)  # a bad JSON Schema fails here, not inside the engine
+            structured = StructuredOutputsParams(grammar=grammar)
         return self._vllm.SamplingParams(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
@@ -169,6 +210,7 @@ class VLLMBackend:
             seed=params.seed,
             stop=list(params.stop) or None,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=structured,
         )
 
     def submit(
