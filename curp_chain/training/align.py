@@ -386,7 +386,7 @@ def open_stage(options: ProjectorOptions) -> Stage:
             raise CurpError(
                 f"--task-prompt {options.task_prompt} was made for {config.llm_id} (hidden "
                 f"size {config.llm_hidden_size}); the LLM is {lm.model_id} ({lm.hidden_size}). "
-                "Train a task-only prompt for this LLM (--task-only) or leave --task-prompt out"
+                "Train a task-only prompt for this LLM (--task-only) or leave --task-prompt out."
             )
         task_source = SoftTokenSource(task_prompt).to(lm.device)
     # The encoder runs where the LLM trains: on a GPU, new texts are encoded in seconds.
