@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateSchema, DropSchema
 from store_support import POSTGRES_URL, Database, postgres_unreachable
 
@@ -54,3 +55,23 @@ def store(database: Database) -> SQLHistoryStore:
     store = database.open()
     store.setup()
     return store
+
+
+@pytest.fixture
+def postgres_database_url() -> Iterator[str]:
+    """The URL of a database of its own on the local PostgreSQL, dropped afterwards, for tests
+    that end its connections or restart the server."""
+    reason = postgres_unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    name = f"curp_test_{uuid.uuid4().hex[:10]}"
+    # No pool: a restart ends every open connection.
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

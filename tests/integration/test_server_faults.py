@@ -6,17 +6,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from server_support import LiveServer, restart_postgres, start_server
-from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.pool import NullPool
-from store_support import POSTGRES_URL, postgres_unreachable
 
 from curp_chain_stores import SQLHistoryStore
 
@@ -105,30 +100,11 @@ def test_a_full_server_answers_429_and_sigterm_ends_it_within_30_s(tmp_path: Pat
     assert "data: [DONE]" not in events
 
 
-@pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A database of its own on the local PostgreSQL, dropped afterwards."""
-    reason = postgres_unreachable()
-    if reason is not None:
-        pytest.skip(reason)
-    name = f"curp_serve_{uuid.uuid4().hex[:10]}"
-    # No pool: the test restarts the server, which ends every open connection.
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.postgres
 def test_a_postgresql_restart_while_requests_run_fails_none(
-    tmp_path: Path, postgres_database: str
+    tmp_path: Path, postgres_database_url: str
 ) -> None:
-    server = start_server(tmp_path, "--store", postgres_database, "--default-max-tokens", "6")
+    server = start_server(tmp_path, "--store", postgres_database_url, "--default-max-tokens", "6")
     try:
         for user in ("ana", "ben"):
             added = httpx.post(

@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from server_support import restart_postgres
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
-from store_support import POSTGRES_URL, postgres_unreachable
+from store_support import POSTGRES_URL
 
 from curp_chain.errors import StoreError
 from curp_chain_stores import SQLHistoryStore
 
 VERSION = "v-test"
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    """A database of its own on the local PostgreSQL (its connections get ended on purpose)."""
-    reason = postgres_unreachable()
-    if reason is not None:
-        pytest.skip(reason)
-    name = f"curp_reconnect_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def end_connections(url: str) -> int:
@@ -62,29 +42,29 @@ def filled(url: str) -> SQLHistoryStore:
 
 
 @pytest.mark.postgres
-def test_connections_ended_by_the_server_fail_no_call(database_url: str) -> None:
-    with filled(database_url) as store:
+def test_connections_ended_by_the_server_fail_no_call(postgres_database_url: str) -> None:
+    with filled(postgres_database_url) as store:
         assert store.count_items("ana") == 2  # pooled connections now exist
-        assert end_connections(database_url) >= 1
+        assert end_connections(postgres_database_url) >= 1
         assert len(store.get_codes("ana", VERSION, limit=10).encoded) == 2
-        assert end_connections(database_url) >= 1
+        assert end_connections(postgres_database_url) >= 1
         store.add_items("ana", ["third"])
-        assert end_connections(database_url) >= 1
+        assert end_connections(postgres_database_url) >= 1
         assert store.get_items("ana", limit=1)[0].text == "third"
 
 
 @pytest.mark.postgres
 def test_without_the_checks_the_first_call_after_ended_connections_fails(
-    database_url: str,
+    postgres_database_url: str,
 ) -> None:
     # The failure the checks prevent: an engine without pre-ping, and no retry.
-    engine = create_engine(database_url)
-    with filled(database_url) as setup_store:
+    engine = create_engine(postgres_database_url)
+    with filled(postgres_database_url) as setup_store:
         setup_store.count_items("ana")
     store = SQLHistoryStore(engine, reconnect_wait=0)
     try:
         assert store.count_items("ana") == 2
-        end_connections(database_url)
+        end_connections(postgres_database_url)
         with pytest.raises(StoreError, match="count_items failed.*terminating connection"):
             store.count_items("ana")
         assert store.count_items("ana") == 2  # the pool replaced it: only one call fails
@@ -93,8 +73,8 @@ def test_without_the_checks_the_first_call_after_ended_connections_fails(
 
 
 @pytest.mark.postgres
-def test_reads_running_through_a_postgresql_restart_all_succeed(database_url: str) -> None:
-    with filled(database_url) as store:
+def test_reads_running_through_a_postgresql_restart_all_succeed(postgres_database_url: str) -> None:
+    with filled(postgres_database_url) as store:
         results: list[str] = []
         stop = threading.Event()
 
