@@ -759,8 +759,8 @@ class CurpChatModel(BaseChatModel):
                 if run_manager and chunk.text:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
-                if _is_last(chunk):  # a run-on call ends before its generation does
-                    break
+                if _is_last(chunk) and piece.finish_reason is None:
+                    break  # a run-on call ended before its generation did: stop it
         finally:
             pieces.close()
 
@@ -780,7 +780,7 @@ class CurpChatModel(BaseChatModel):
                 if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
-                if _is_last(chunk):
+                if _is_last(chunk) and piece.finish_reason is None:
                     break
         finally:
             pieces.close()
