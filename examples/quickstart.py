@@ -1,15 +1,18 @@
-"""Two users with clearly different histories send the same requests; beside each reply, a
+"""Two users with clearly different lives send the same requests; beside each reply, a
 measured effect of their soft tokens.
 
-maya texts in lowercase, with "lol" and no apostrophes; theo writes formal, punctuated prose.
-Both send the bundled checkpoint the three kinds of request it was trained for, each with the
-system message and instruction it was trained with (rewrite a tweet as its author would, write
-the subject line of an email, reply to a Reddit post: ``curp_chain.tasks``), then one everyday
-request with no system message (the checkpoint's own is sent). For every reply the script
-prints how far its style features (:mod:`curp_chain.model.style`: casing, punctuation, laughter,
-contractions...) lie from each user's history (the distance of the reply's feature vector to
-the mean of the user's items; smaller is closer), next to the same for a reply with no user,
-and how far apart the two users' soft tokens are.
+maya is a marathon runner who texts in lowercase, with "lol" and no apostrophes; theo reads
+fantasy novels, bakes sourdough and writes formal, punctuated prose. Both send:
+
+- **everyday requests** with no system message ("What should I cook for dinner tonight?"):
+  the model answers *them*, shaped by what their history says (the assist checkpoint). Beside
+  each reply: which user's history its content is nearest (all-MiniLM-L6-v2 cosine to the mean
+  of each user's items), and the same for the reply to no user;
+- **write-as-the-user requests**, the three kinds the write checkpoint was trained for, each
+  with the system message and instruction it was trained with (rewrite a tweet as its author
+  would, write the subject line of an email, reply to a Reddit post: ``curp_chain.tasks``).
+  Beside each reply: how far its style features (:mod:`curp_chain.model.style`: casing,
+  punctuation, laughter, contractions...) lie from each user's history (smaller is closer).
 
 Runs offline on a CPU with the embedded default: llama.cpp, SmolLM2-135M-Instruct and the
 bundled CURP checkpoint; the histories live in an in-memory SQLite store.
@@ -17,7 +20,7 @@ bundled CURP checkpoint; the histories live in an in-memory SQLite store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
@@ -31,6 +34,7 @@ from curp_chain.tasks import AeslcTask, Lamp7Task, RedditTask
 HISTORIES = {
     "maya": [
         "omg just ran 18k up the hill lol legs r dead",
+        "carb loading = 3 bowls of pasta tonight lol",
         "new shoes came!! testing them tmrw at 6 soooo excited",
         "cant believe its week 12 of marathon training already haha",
         "rest day = pizza and couch lol dont judge",
@@ -53,7 +57,7 @@ EMAIL = (
     "Let me know by Wednesday if you can still make it."
 )
 POST = "Just finished my last exam of the semester! What are you all doing over the break?"
-EVERYDAY = "Plans for the weekend?"
+EVERYDAY = ("What should I cook for dinner tonight?", "Recommend one book I would enjoy.")
 
 
 def as_messages(turns: Sequence[ChatTurn]) -> list[BaseMessage]:
@@ -61,15 +65,29 @@ def as_messages(turns: Sequence[ChatTurn]) -> list[BaseMessage]:
     return [kinds[turn.role](turn.content) for turn in turns]
 
 
-def requests() -> list[tuple[str, list[BaseMessage]]]:
-    """(label, messages): the three trained kinds of request, each as its task builds it, then
-    an everyday request with no system message."""
+def write_requests() -> list[tuple[str, list[BaseMessage]]]:
+    """(label, messages): the three trained kinds of write request, each as its task builds
+    it."""
     return [
         (f"tweet: {TWEET}", as_messages(Lamp7Task().request(TWEET))),
         (f"email subject: {EMAIL}", as_messages(AeslcTask().request(EMAIL))),
         (f"reddit reply: {POST}", as_messages(RedditTask().request(POST))),
-        (f"chat: {EVERYDAY}", [HumanMessage(EVERYDAY)]),
     ]
+
+
+def content_nearest(model: CurpChatModel) -> Callable[[str], str]:
+    """A function naming the user whose history a reply's content is nearest."""
+    encoder = model.get_personalizer().encoder
+    centroids = {u: encoder.encode(h).mean(0) for u, h in HISTORIES.items()}
+
+    def nearest(reply: str) -> str:
+        vector = encoder.encode([reply])[0]
+        cosines = {u: float(vector @ c / c.norm()) for u, c in centroids.items()}
+        closest = max(cosines, key=cosines.__getitem__)
+        shown = ", ".join(f"{u} {c:.2f}" for u, c in cosines.items())
+        return f"content similarity to {shown} -> nearest {closest}"
+
+    return nearest
 
 
 def style_means() -> dict[str, np.ndarray]:
@@ -100,13 +118,23 @@ def main() -> None:
     model = CurpChatModel(
         backend=open_llamacpp_backend(None, n_threads=1),
         history_store=open_store("sqlite://"),
-        max_tokens=40,
+        max_tokens=48,
     )
     for name, history in HISTORIES.items():
         model.add_history(name, history)
     print(soft_token_gap(model) + "\n")
+    print("== Everyday requests: an answer to the user (mode: assist) ==\n")
+    nearest = content_nearest(model)
+    for request in EVERYDAY:
+        print(request)
+        for user_id in (None, *HISTORIES):
+            reply = " ".join(str(model.invoke(request, user_id=user_id).content).split())
+            print(f"  [{user_id or 'no user'}] {reply}")
+            print(f"      {nearest(reply)}")
+        print()
+    print("== Write as the user (mode: write, from the task's system message) ==\n")
     means = style_means()
-    for label, messages in requests():
+    for label, messages in write_requests():
         print(label)
         for user_id in (None, *HISTORIES):
             reply = " ".join(str(model.invoke(messages, user_id=user_id).content).split())

@@ -41,6 +41,7 @@ from langchain_core.runnables import (
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from curp_chain.chat.routing import Mode, Route, route, write_system_messages
 from curp_chain.chat.structured import (
     StructuredOutputMethod,
     schema_and_parser,
@@ -64,7 +65,12 @@ from curp_chain.interfaces.protocols import (
     TokenizingBackend,
     TokenLogprob,
 )
-from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT, check_compatible, load_checkpoint
+from curp_chain.model.checkpoint import (
+    ASSIST_CHECKPOINT,
+    DEFAULT_CHECKPOINT,
+    check_compatible,
+    load_checkpoint,
+)
 from curp_chain.model.encoder import SentenceEncoder
 from curp_chain.personalization.memory import TurnRecorder
 from curp_chain.personalization.personalizer import Personalization, Personalizer
@@ -218,6 +224,10 @@ class PreparedRequest:
     params: GenerationParams
     personalization: Personalization
     """Whose soft tokens, from how many history items (reported in ``response_metadata``)."""
+    personalizer: Personalizer
+    """The personalizer of the request's route (its checkpoint is reported)."""
+    route: Route
+    """"assist" or "write" (curp_chain.chat.routing)."""
     backend: SoftPromptBackend
     kwargs: dict[str, Any]
     """The call's keyword arguments (user_id, model, ...)."""
@@ -290,7 +300,17 @@ class CurpChatModel(BaseChatModel):
     model_name: str | None = Field(default=None, alias="model")
     """Name reported in metadata; the backend's model id when None."""
     checkpoint: str | None = None
-    """CURP checkpoint folder; the bundled default (SmolLM2-135M + MiniLM) when None."""
+    """CURP checkpoint of write requests (and of every request when ``assist_checkpoint`` is
+    None and this is set); the bundled default (SmolLM2-135M + MiniLM) when None."""
+    assist_checkpoint: str | None = None
+    """CURP checkpoint of everyday (assist) requests; when None, the bundled assist checkpoint
+    if ``checkpoint`` is None too, else ``checkpoint``. It must share ``checkpoint``'s codebook:
+    stored codes serve both."""
+    mode: Mode = "auto"
+    """What a personalized request asks for: "assist" answers the user, shaped by their
+    history; "write" writes as the user, in their voice; "auto" (the default) writes when the
+    request's system message is one of a write task's and answers otherwise (see
+    curp_chain.chat.routing). A ``mode`` given to the call wins."""
     backend_kind: Literal["llamacpp", "hf"] = "llamacpp"
     """Which backend to build when ``backend`` is not given."""
     model_path: str | None = None
@@ -371,7 +391,7 @@ class CurpChatModel(BaseChatModel):
     system message of its own (the one its soft tokens were trained under); False sends none."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _personalizer: Personalizer | None = PrivateAttr(default=None)
+    _personalizers: dict[str, Personalizer] = PrivateAttr(default_factory=dict)
     _backend: SoftPromptBackend | None = PrivateAttr(default=None)
 
     @property
@@ -383,6 +403,8 @@ class CurpChatModel(BaseChatModel):
         return {
             "model_name": self.model_name,
             "checkpoint": self.checkpoint,
+            "assist_checkpoint": self.assist_checkpoint,
+            "mode": self.mode,
             "backend_kind": self.backend_kind,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
@@ -466,11 +488,12 @@ class CurpChatModel(BaseChatModel):
         directly are encoded lazily, on the user's next request."""
         return self.get_store()
 
-    def get_personalizer(self) -> Personalizer:
-        """Encoder + CURP user model + history store, built on first use."""
+    def get_personalizer(self, route: Route = "write") -> Personalizer:
+        """Encoder + CURP user model + history store of ``route``'s checkpoint, built on first
+        use; both routes share the encoder and the store."""
+        checkpoint = self._checkpoint_of(route)
         with self._lock:
-            if self._personalizer is None:
-                checkpoint = self.checkpoint or str(DEFAULT_CHECKPOINT)
+            if checkpoint not in self._personalizers:
                 user_model = shared(("checkpoint", checkpoint), lambda: load_checkpoint(checkpoint))
                 encoder = shared(
                     ("encoder", self.encoder_path, user_model.config.encoder_id),
@@ -481,8 +504,25 @@ class CurpChatModel(BaseChatModel):
                 store = self.history_store or shared(
                     ("store", self.store_url), lambda: open_store(self.store_url)
                 )
-                self._personalizer = Personalizer(user_model, encoder, store)
-            return self._personalizer
+                self._personalizers[checkpoint] = Personalizer(user_model, encoder, store)
+            return self._personalizers[checkpoint]
+
+    def _checkpoint_of(self, route: Route) -> str:
+        write = self.checkpoint or str(DEFAULT_CHECKPOINT)
+        if route == "write":
+            return write
+        if self.assist_checkpoint:
+            return self.assist_checkpoint
+        if self.checkpoint is None and ASSIST_CHECKPOINT.is_dir():
+            return str(ASSIST_CHECKPOINT)
+        return write
+
+    def route_of(self, turns: Sequence[ChatTurn], mode: str | None = None) -> Route:
+        """ "assist" or "write": which checkpoint a request of ``turns`` goes to."""
+        write_config = self.get_personalizer("write").user_model.config
+        return route(
+            turns, mode or self.mode, write_system_messages(write_config.chat_system_message)
+        )
 
     def add_history(
         self, user_id: str, items: Sequence[str | NewHistoryItem], *, truncate: bool = False
@@ -615,7 +655,8 @@ class CurpChatModel(BaseChatModel):
         max_tokens = int(kwargs.get("max_tokens", self.max_tokens))
         decoding, gate = self._decide_tools(turns, tool_decoding(kwargs), backend, max_tokens)
         params = self._params(stop, kwargs, decoding)
-        personalizer = self.get_personalizer()
+        request_route = self.route_of(turns, kwargs.get("mode"))
+        personalizer = self.get_personalizer(request_route)
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         personalization = personalizer.personalize(kwargs.get("user_id", self.user_id), query)
@@ -641,7 +682,16 @@ class CurpChatModel(BaseChatModel):
         )
         memory = self._turn_recorder(messages, personalization.user_id, kwargs)
         return PreparedRequest(
-            prompt, params, personalization, backend, kwargs, decoding.assembler(), memory, gate
+            prompt,
+            params,
+            personalization,
+            personalizer,
+            request_route,
+            backend,
+            kwargs,
+            decoding.assembler(),
+            memory,
+            gate,
         )
 
     def _personalized_system(self, personalizer: Personalizer) -> str | None:
@@ -788,7 +838,7 @@ class CurpChatModel(BaseChatModel):
     def _final_chunk(
         self, piece: GenerationChunk, request: PreparedRequest, calls: ToolCallResult | None
     ) -> ChatGenerationChunk:
-        config = self.get_personalizer().user_model.config
+        config = request.personalizer.user_model.config
         usage, personalization = piece.usage, request.personalization
         usage_metadata = UsageMetadata(
             input_tokens=usage["input_tokens"],
@@ -803,6 +853,7 @@ class CurpChatModel(BaseChatModel):
             "soft_tokens": usage["soft_tokens"],
             "prototypes": personalization.prototypes,
             "checkpoint_trained": config.trained,
+            "mode": request.route,
         }
         finish_reason = piece.finish_reason or "stop"
         if calls is not None and calls.tool_call_chunks:

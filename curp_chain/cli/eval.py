@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -14,9 +15,10 @@ from pydantic import Field
 
 from curp_chain.cli.options import Arg, CommandOptions, add_command, parse_options
 from curp_chain.errors import CurpError
-from curp_chain.eval.methods import DEFAULT_TASK_CHECKPOINT, METHODS
-from curp_chain.model.checkpoint import DEFAULT_CHECKPOINT
+from curp_chain.eval.methods import ASSIST_TASK_CHECKPOINT, DEFAULT_TASK_CHECKPOINT, METHODS
+from curp_chain.model.checkpoint import ASSIST_CHECKPOINT, DEFAULT_CHECKPOINT
 from curp_chain.tasks import TASKS
+from curp_chain.tasks.assist_task import ANSWERS_ENV
 
 if TYPE_CHECKING:
     from curp_chain.eval.harness import EvalConfig
@@ -49,10 +51,14 @@ class EvalOptions(CommandOptions):
     tokens_per_s, n) to this JSON file"""
     plot: Annotated[str | None, Arg(metavar="PNG")] = None
     """draw ROUGE against prompt tokens per method into this image"""
-    checkpoint: str = str(DEFAULT_CHECKPOINT)
-    """CURP checkpoint folder for the curp methods (default: the bundled one)"""
-    task_checkpoint: str = str(DEFAULT_TASK_CHECKPOINT)
+    checkpoint: str | None = None
+    """CURP checkpoint folder for the curp methods (default: the bundled one the chat model
+    uses for the task: the assist checkpoint for assist, else the write one)"""
+    task_checkpoint: str | None = None
     """task-only soft prompt folder for the task method"""
+    answers: str | None = None
+    """assist only: the folder of teacher answers (default: $CURP_ASSIST_ANSWERS, else
+    training-data/assist)"""
     cache: Annotated[str | None, Arg(metavar="DIR")] = None
     """cache of per-(method, user) results; a rerun reuses them and an interrupted run
     resumes (default: eval-cache in $CURP_HOME or the user data directory)"""
@@ -81,6 +87,14 @@ def _default_methods(copy_applies: bool) -> str:
     return DEFAULT_METHODS if copy_applies else DEFAULT_METHODS.replace("copy,", "")
 
 
+def _default_checkpoint(task: str) -> Path:
+    return ASSIST_CHECKPOINT if task == "assist" else DEFAULT_CHECKPOINT
+
+
+def _default_task_checkpoint(task: str) -> Path:
+    return ASSIST_TASK_CHECKPOINT if task == "assist" else DEFAULT_TASK_CHECKPOINT
+
+
 def eval_config(task: str, options: EvalOptions) -> EvalConfig:
     """The harness's EvalConfig for ``curp eval TASK`` with these options."""
     from pydantic import ValidationError
@@ -95,8 +109,8 @@ def eval_config(task: str, options: EvalOptions) -> EvalConfig:
             retriever=options.retriever,
             profile_tokens=options.profile_tokens,
             seed=options.seed,
-            checkpoint=Path(options.checkpoint),
-            task_checkpoint=Path(options.task_checkpoint),
+            checkpoint=Path(options.checkpoint or _default_checkpoint(task)),
+            task_checkpoint=Path(options.task_checkpoint or _default_task_checkpoint(task)),
             model_path=Path(options.model_path) if options.model_path else None,
             threads=options.threads,
         )
@@ -122,22 +136,53 @@ def eval_config(task: str, options: EvalOptions) -> EvalConfig:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from curp_chain.eval.harness import run_eval
-    from curp_chain.eval.report import markdown_table, paired_table, plot, write_results
+    from curp_chain.eval.report import (
+        markdown_table,
+        paired_table,
+        plot,
+        results_json,
+        write_json,
+    )
 
     options = parse_options(args, EvalOptions)
+    if options.answers:  # the assist task reads its answers folder from the environment
+        os.environ[ANSWERS_ENV] = options.answers
     run = run_eval(eval_config(args.benchmark, options), progress=not options.no_progress)
     print(markdown_table(run.records))
     paired = paired_table(run.records)
     if paired:
-        print("\nPaired over users (curp minus each method):\n\n" + paired)
+        print("\nPaired over examples (curp minus each method):\n\n" + paired)
     if run.checkpoint_trained is False:
         print("\nNote: the CURP checkpoint is untrained: curp rows are not personalized yet.")
-    if options.json_path:
-        write_results(run.records, options.json_path)
-    if options.plot:
+    results: dict[str, Any] = dict(results_json(run.records))
+    if args.benchmark == "assist":
+        results["personalization"] = _assist_report(run, options)
+    elif options.plot:
         plot(run.records, options.plot)
+    if options.json_path:
+        write_json(results, options.json_path)
     logger.info("%d results computed, the rest from the cache", run.generated)
     return 0
+
+
+def _assist_report(run: Any, options: EvalOptions) -> dict[str, Any]:
+    """Print the personalization scores of everyday answers; return their JSON fields."""
+    from curp_chain.eval import assist_report
+    from curp_chain.model.encoder import SentenceEncoder
+    from curp_chain.tasks.assist_task import answers_dir
+
+    answers = options.answers or answers_dir()
+    scores, tokens, chance = assist_report.score_methods(
+        run.records, run.examples, answers, SentenceEncoder()
+    )
+    print("\nPersonalization of the replies (held-out users and requests):\n")
+    print(assist_report.table(scores, tokens, chance))
+    paired = assist_report.paired_scores(scores)
+    if paired:
+        print("\nPaired over the same requests (curp minus each method):\n\n" + paired)
+    if options.plot:
+        assist_report.plot(scores, tokens, chance, options.plot)
+    return assist_report.results(scores, tokens, chance)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -155,7 +200,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             cmd_eval,
             notes={
                 "methods": methods,
-                "task_checkpoint": f"(default: the bundled {DEFAULT_TASK_CHECKPOINT.name})",
+                "task_checkpoint": "(default: the bundled "
+                + f"{_default_task_checkpoint(name).name})",
             },
             help=task.description,
             description=(

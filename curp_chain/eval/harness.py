@@ -16,7 +16,7 @@ import logging
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,8 @@ class EvalRun:
     """Results computed in this run (the others came from the cache)."""
     checkpoint_trained: bool | None
     """Whether the CURP checkpoint says it was trained (None when no curp method ran)."""
+    examples: list[TaskExample] = field(default_factory=list)
+    """The examples evaluated, in the order of every method's records."""
 
 
 class Harness:
@@ -349,7 +351,7 @@ class Harness:
                 logger.info("%s: %d results (%s)", method.name, len(rows), path)
         curp_ran = any(m.name.startswith("curp") for m in self.methods)
         trained = self.resources.user_model.config.trained if curp_ran else None
-        return EvalRun(self.config, records, generated, trained)
+        return EvalRun(self.config, records, generated, trained, list(self.examples))
 
 
 def run_eval(config: EvalConfig, *, progress: bool = True) -> EvalRun:

@@ -55,6 +55,9 @@ DEFAULT_TASK_CHECKPOINT = CHECKPOINTS / "smollm2-135m-mix-task"
 """The task-only baseline of :data:`~curp_chain.model.checkpoint.DEFAULT_CHECKPOINT`: a soft prompt
 of the same size trained on the same examples for the same steps, with no user input."""
 
+ASSIST_TASK_CHECKPOINT = CHECKPOINTS / "smollm2-135m-assist-task"
+"""The task-only baseline of :data:`~curp_chain.model.checkpoint.ASSIST_CHECKPOINT`."""
+
 LAMP7_TASK_CHECKPOINT = CHECKPOINTS / "smollm2-135m-task"
 """The task-only baseline of :data:`~curp_chain.model.checkpoint.LAMP7_CHECKPOINT`."""
 

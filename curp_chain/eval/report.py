@@ -49,10 +49,14 @@ def results_json(records: Mapping[str, Sequence[Record]]) -> dict[str, Summary]:
 
 
 def write_results(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
+    return write_json(results_json(records), path)
+
+
+def write_json(results: Mapping[str, Any], path: str | Path) -> Path:
     out = Path(path)
     if out.parent != Path():
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results_json(records), indent=2) + "\n")
+    out.write_text(json.dumps(results, indent=2) + "\n")
     return out
 
 
@@ -96,13 +100,14 @@ def paired_table(records: Mapping[str, Sequence[Record]], reference: str = "curp
     negative gold NLL favour the reference. Empty when the reference did not run."""
     if reference not in records:
         return ""
-    ours = {r.user: r for r in records[reference]}
+    # One user may have several examples (aeslc, assist): pair by user and example.
+    ours = {(r.user, r.example): r for r in records[reference]}
     lines = [
-        f"| {reference} minus | users | ROUGE-1 | ROUGE-L | gold NLL |",
+        f"| {reference} minus | examples | ROUGE-1 | ROUGE-L | gold NLL |",
         "|---|---|---|---|---|",
     ]
     for method, rows in records.items():
-        pairs = [(ours[r.user], r) for r in rows if r.user in ours]
+        pairs = [(ours[r.user, r.example], r) for r in rows if (r.user, r.example) in ours]
         if method == reference or not pairs:
             continue
         cells = [method, str(len(pairs))]
@@ -137,10 +142,8 @@ def _sideways_offsets(summaries: Mapping[str, Mapping[str, Any]], step: float) -
     return offsets
 
 
-def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
-    """ROUGE-1, ROUGE-L and the gold reply's per-token loss against prompt tokens, one point
-    per method (one colour per method, named in the legend); copy (no prompt) as a dashed
-    floor."""
+def pyplot() -> Any:
+    """matplotlib.pyplot on a file-only backend; a clear error when it is not installed."""
     try:
         import matplotlib
 
@@ -148,6 +151,14 @@ def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependencyError(f"--plot needs matplotlib; run: {EVAL_INSTALL}") from None
+    return plt
+
+
+def plot(records: Mapping[str, Sequence[Record]], path: str | Path) -> Path:
+    """ROUGE-1, ROUGE-L and the gold reply's per-token loss against prompt tokens, one point
+    per method (one colour per method, named in the legend); copy (no prompt) as a dashed
+    floor."""
+    plt = pyplot()
     summaries = results_json(records)
     colours = {method: f"C{i}" for i, method in enumerate(summaries)}
     widest = max((float(s["prompt_tokens"] or 0.0) for s in summaries.values()), default=0.0)

@@ -25,6 +25,12 @@ DEFAULT_CHECKPOINT = CHECKPOINTS / "smollm2-135m-mix"
 rewrites (docs/training.md, "The mix checkpoints"), so its soft tokens serve those kinds of
 request and ordinary chat (under its ``chat_system_message``)."""
 
+ASSIST_CHECKPOINT = CHECKPOINTS / "smollm2-135m-assist"
+"""The checkpoint of everyday requests (``CurpChatModel`` routes them here): it continues
+the default one on teacher answers to everyday requests (docs/training.md, "The assist
+checkpoint"), so its soft tokens shape an assistant's answer *to* the user. It shares the
+default's codebook, so stored codes serve both."""
+
 LAMP7_CHECKPOINT = CHECKPOINTS / "smollm2-135m-minilm"
 """The LaMP-7 checkpoint the mix one continues (tweet rewriting only; the default before the
 mix). It shares the mix's codebook, so stored codes serve both."""

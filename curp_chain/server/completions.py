@@ -157,6 +157,8 @@ def _call_kwargs(body: ChatCompletionRequest, tenant: Tenant, state: ServerState
     )
     timeout = settings.request_timeout
     kwargs["timeout"] = min(body.timeout, timeout) if body.timeout else timeout
+    if body.mode is not None:
+        kwargs["mode"] = body.mode
     return kwargs
 
 

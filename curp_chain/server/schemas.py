@@ -163,6 +163,9 @@ class ChatCompletionRequest(Strict):
     """Extension: with remember_turns, store the reply too."""
     timeout: float | None = Field(default=None, gt=0)
     """Extension: seconds this request may take (at most the server's request timeout)."""
+    mode: Literal["auto", "assist", "write"] | None = None
+    """Extension: "assist" answers the user, "write" writes as the user, "auto" tells them
+    apart by the system message (default: the server model's, "auto")."""
 
     @field_validator("stop")
     @classmethod

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from curp_chain.errors import CurpError
 from curp_chain.tasks.aeslc import AeslcTask
+from curp_chain.tasks.assist_task import AssistTask
 from curp_chain.tasks.base import MAX_SOURCE_CHARS, Task, TaskDataError, TaskExample, cut
 from curp_chain.tasks.lamp7 import PARAPHRASE_SYSTEM, Lamp7Task, paraphrase_turns
 from curp_chain.tasks.personachat import PersonaChatTask
 from curp_chain.tasks.reddit import RedditTask
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (Lamp7Task, RedditTask, AeslcTask, PersonaChatTask)
+    cls.name: cls for cls in (Lamp7Task, RedditTask, AeslcTask, PersonaChatTask, AssistTask)
 }
 """Every task by name."""
 
@@ -33,6 +34,7 @@ __all__ = [
     "PARAPHRASE_SYSTEM",
     "TASKS",
     "AeslcTask",
+    "AssistTask",
     "Lamp7Task",
     "PersonaChatTask",
     "RedditTask",

@@ -293,7 +293,12 @@ against 33) but copies a post more often when asked to be specific."""
 
 def shown_text(item: UserItem) -> str:
     """An item as the teacher sees it: one line, cut to :data:`MAX_ITEM_CHARS`."""
-    return cut(_SPACES.sub(" ", item.text), MAX_ITEM_CHARS)
+    return cut_item(item.text)
+
+
+def cut_item(text: str) -> str:
+    """``text`` on one line, cut to :data:`MAX_ITEM_CHARS`."""
+    return cut(_SPACES.sub(" ", text), MAX_ITEM_CHARS)
 
 
 def candidates(user: AssistUser) -> tuple[UserItem, ...]:

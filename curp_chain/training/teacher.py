@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
+from curp_chain.data.jsonl import read_jsonl
 from curp_chain.data.users import default_cache_dir, text_key
 from curp_chain.errors import CurpError
 from curp_chain.interfaces.protocols import GenerationParams, SoftPromptBackend
@@ -105,6 +106,16 @@ class TeacherOptions(BaseModel):
     """teacher context window in tokens"""
     progress: bool = True
     """show a progress bar"""
+    shards: int = Field(default=1, ge=1)
+    """split the pairs into this many shards, one per process (each with its own --cache)"""
+    shard: int = Field(default=0, ge=0)
+    """the shard this process answers: pairs shard, shard + shards, ... (0-based)"""
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> TeacherOptions:
+        if self.shard >= self.shards:
+            raise ValueError(f"--shard must be below --shards ({self.shards})")
+        return self
 
 
 # --- the cache --------------------------------------------------------------------------------
@@ -115,22 +126,23 @@ class TeacherCache:
     prompt text). A run killed mid-write leaves a partial last line: it is skipped, and the
     next append starts on a line of its own."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, siblings: bool = True):
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
         self._pairs: set[tuple[str, str, str, str]] = set()
-        if not self.path.is_file():
-            return
-        with self.path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                try:
-                    record = json.loads(line)
-                    self._index(record)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    logger.warning("%s:%d: skipping an unreadable line", self.path, number)
+        # Other processes' shards write beside this file: their pairs are answered too.
+        others = sorted(self.path.parent.glob("*.jsonl")) if siblings else []
+        for file in [*(f for f in others if f != self.path), self.path]:
+            if file.is_file():
+                for _, record in read_jsonl(file, skip_unreadable=True):
+                    try:
+                        self._index(record, own=file == self.path)
+                    except (KeyError, TypeError):
+                        logger.warning("%s: skipping a record without its fields", file)
 
-    def _index(self, record: dict[str, Any]) -> None:
-        self.records[record["key"]] = record
+    def _index(self, record: dict[str, Any], *, own: bool = True) -> None:
+        if own:
+            self.records[record["key"]] = record
         self._pairs.add(
             (record["teacher"], record["wording"], record["user_id"], record["request_id"])
         )
@@ -309,7 +321,7 @@ def plan_pairs(options: TeacherOptions) -> tuple[list[Pair], list[AssistUser]]:
             (u, r, "train")
             for u, r in pair_order(ordered, requests, options.train_per_user, options.seed)
         ]
-    return pairs, train_users
+    return pairs[options.shard :: options.shards], train_users
 
 
 def generate(

@@ -31,7 +31,9 @@ from curp_chain.tasks.assist import (
     select_items,
     teacher_turns,
 )
-from curp_chain.training.teacher import TeacherCache
+from curp_chain.tasks.assist_task import kept_answers, read_answers
+from curp_chain.tasks.base import TaskDataError
+from curp_chain.training.teacher import TeacherCache, TeacherOptions
 
 REQUEST = AssistRequest("cooking-999", "cooking", "What should I cook tonight?")
 GOOD = AnswerScores(
@@ -197,3 +199,32 @@ def test_a_cleaned_answer_keeps_its_first_paragraph_and_complete_sentences() -> 
     assert clean_answer(long, "length") == "Try a spicy ramen tonight. It suits your week of runs."
     assert clean_answer("Make a ramen with the", "length") == "Make a ramen with the"
     assert clean_answer("  Cook risotto.  ", "stop") == "Cook risotto."
+
+
+def test_a_shard_sees_the_pairs_other_shards_answered_beside_it(tmp_path: Path) -> None:
+    TeacherCache(tmp_path / "shard0.jsonl").add(_record("k1", "pan19:1", GOOD))
+    own = TeacherCache(tmp_path / "shard1.jsonl")
+    own.add(_record("k2", "pan19:2", GOOD))
+    resumed = TeacherCache(tmp_path / "shard1.jsonl")
+    assert resumed.has_pair("T", "posts", "pan19:1", "cooking-001")  # the sibling's pair
+    assert set(resumed.records) == {"k2"}  # only its own file's records
+    alone = TeacherCache(tmp_path / "shard1.jsonl", siblings=False)
+    assert not alone.has_pair("T", "posts", "pan19:1", "cooking-001")
+
+
+def test_answers_are_read_from_every_file_of_the_folder_once_per_pair(tmp_path: Path) -> None:
+    TeacherCache(tmp_path / "a.jsonl").add(_record("k1", "pan19:1", GOOD, "eval"))
+    TeacherCache(tmp_path / "b.jsonl").add(_record("k1b", "pan19:1", GOOD, "eval"))  # again
+    TeacherCache(tmp_path / "b.jsonl").add(
+        _record("k2", "pan19:2", GOOD.model_copy(update={"copy_run": 9}), "eval")
+    )
+    TeacherCache(tmp_path / "b.jsonl").add(_record("k3", "pan19:3", GOOD, "train"))
+    assert [r["key"] for r in read_answers(tmp_path)] == ["k1", "k2", "k3"]
+    assert [r["key"] for r in kept_answers(tmp_path, "eval")] == ["k1"]
+    with pytest.raises(TaskDataError, match="no teacher answers"):
+        list(read_answers(tmp_path / "missing"))
+
+
+def test_the_teacher_options_refuse_a_shard_past_the_last() -> None:
+    with pytest.raises(ValueError, match="--shard must be below"):
+        TeacherOptions(shards=2, shard=2)
