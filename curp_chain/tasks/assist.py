@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -487,3 +487,12 @@ class AssistFilters(BaseModel):
         if not self.min_words <= scores.words <= self.max_words or scores.cut_off:
             failed.append("length")
         return failed
+
+
+def is_kept(record: Mapping[str, Any], filters: AssistFilters | None = None) -> bool:
+    """Whether a stored teacher record has an answer that ``filters`` (default thresholds
+    when None) keep, judged from its stored scores."""
+    if not record.get("answer"):
+        return False
+    scores = AnswerScores.model_validate(record["scores"])
+    return not (filters or AssistFilters()).reasons(scores)

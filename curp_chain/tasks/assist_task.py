@@ -25,10 +25,10 @@ from typing import Any
 from curp_chain.data.generic import ExampleRecord, Histories, ItemRecord, Message
 from curp_chain.data.jsonl import read_jsonl
 from curp_chain.tasks.assist import (
-    AnswerScores,
     AssistFilters,
     AssistUser,
     candidates,
+    is_kept,
     load_requests,
     load_users,
 )
@@ -73,14 +73,7 @@ def kept_answers(
     folder: str | Path, split: str, filters: AssistFilters | None = None
 ) -> list[dict[str, Any]]:
     """The records of ``split`` ("train" or "eval") that ``filters`` keep, in file order."""
-    filters = filters or AssistFilters()
-    return [
-        r
-        for r in read_answers(folder)
-        if r.get("split") == split
-        and r.get("answer")
-        and not filters.reasons(AnswerScores.model_validate(r["scores"]))
-    ]
+    return [r for r in read_answers(folder) if r.get("split") == split and is_kept(r, filters)]
 
 
 def history_records(user: AssistUser) -> list[ItemRecord]:

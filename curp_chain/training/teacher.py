@@ -53,6 +53,7 @@ from curp_chain.tasks.assist import (
     centroid,
     clean_answer,
     interleave_users,
+    is_kept,
     load_requests,
     load_users,
     pair_order,
@@ -174,12 +175,10 @@ class TeacherCache:
     ) -> list[dict[str, Any]]:
         """The records the ``filters`` keep (default thresholds when None), of ``split``
         ("eval" or "train") when given, in the order they were generated."""
-        filters = filters or AssistFilters()
         return [
             r
             for r in self.records.values()
-            if (split is None or r["split"] == split)
-            and not filters.reasons(AnswerScores.model_validate(r["scores"]))
+            if (split is None or r["split"] == split) and is_kept(r, filters)
         ]
 
 
@@ -350,11 +349,13 @@ def generate(
     start, llm_seconds = time.monotonic(), 0.0
     for user, request, split in todo:
         record = teacher.answer(user, request, split)
+        failed = filters.reasons(AnswerScores.model_validate(record["scores"]))
+        if "copy" in failed:  # the cache keeps no text that repeats a user's post
+            record = {**record, "answer": "", "raw": ""}
         if record["key"] not in cache:
             cache.add(record)
         counts["new"] += 1
         llm_seconds += record["seconds"]
-        failed = filters.reasons(AnswerScores.model_validate(record["scores"]))
         counts["accepted"] += not failed
         for reason in failed:
             counts[reason] = counts.get(reason, 0) + 1

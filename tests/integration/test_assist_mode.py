@@ -1,0 +1,80 @@
+"""Everyday requests answer the user from the assist checkpoint; write requests keep the write
+checkpoint: real llama.cpp, the bundled checkpoints and encoder, in-memory SQLite."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from curp_chain import CurpChatModel
+from curp_chain.model.checkpoint import ASSIST_CHECKPOINT, DEFAULT_CHECKPOINT, LAMP7_CHECKPOINT
+from curp_chain.runtime.prompt import ChatTurn
+from curp_chain.tasks import RedditTask
+from curp_chain.tasks.assist_task import ASSIST_SYSTEM
+
+BAKER = [
+    "Third sourdough loaf this week, the crumb is finally open.",
+    "Fed the starter at 6am, it doubled by noon.",
+    "Rye and spelt bread for the farmers market on Saturday.",
+]
+EVERYDAY = "What should I cook for dinner tonight?"
+
+pytestmark = pytest.mark.skipif(
+    not ASSIST_CHECKPOINT.is_dir(), reason="the assist checkpoint is not bundled"
+)
+
+
+@pytest.fixture
+def model(llama_backend, memory_store) -> CurpChatModel:
+    model = CurpChatModel(backend=llama_backend, history_store=memory_store, max_tokens=12)
+    model.add_history("baker", BAKER)
+    return model
+
+
+def _mode(reply) -> str:
+    return reply.response_metadata["curp"]["mode"]
+
+
+def test_an_everyday_request_is_answered_from_the_assist_checkpoint(model) -> None:
+    reply = model.invoke(EVERYDAY, user_id="baker")
+    assert _mode(reply) == "assist"
+    assert reply.response_metadata["curp"]["personalized"] is True
+    assist = model.get_personalizer("assist")
+    assert assist.user_model.config.chat_system_message == ASSIST_SYSTEM
+    assert model.get_personalizer("write").user_model.config.chat_system_message != ASSIST_SYSTEM
+    # The assist system message is what a request without one gets.
+    explicit = model.invoke([SystemMessage(ASSIST_SYSTEM), HumanMessage(EVERYDAY)], user_id="baker")
+    assert explicit.content == reply.content
+
+
+def test_stored_codes_serve_both_checkpoints(model) -> None:
+    assist, write = model.get_personalizer("assist"), model.get_personalizer("write")
+    assert assist.codebook_version == write.codebook_version
+    assert assist.user_model is not write.user_model
+
+
+def test_a_write_task_request_and_mode_write_keep_the_write_checkpoint(model) -> None:
+    turns = RedditTask().request("Finals are over, what is everyone baking?")
+    kinds = {"system": SystemMessage, "user": HumanMessage}
+    messages = [kinds[t.role](t.content) for t in turns]
+    assert _mode(model.invoke(messages, user_id="baker")) == "write"
+    assert _mode(model.invoke(EVERYDAY, user_id="baker", mode="write")) == "write"
+    assert _mode(model.bind(mode="write").invoke(EVERYDAY, user_id="baker")) == "write"
+    writer = model.model_copy(update={"mode": "write"})
+    assert writer.route_of([ChatTurn("user", EVERYDAY)]) == "write"
+
+
+def test_a_checkpoint_of_ones_own_serves_both_routes_unless_an_assist_one_is_named(
+    llama_backend, memory_store
+) -> None:
+    own = CurpChatModel(
+        backend=llama_backend, history_store=memory_store, checkpoint=str(LAMP7_CHECKPOINT)
+    )
+    assert own.get_personalizer("assist") is own.get_personalizer("write")
+    named = CurpChatModel(
+        backend=llama_backend,
+        history_store=memory_store,
+        checkpoint=str(DEFAULT_CHECKPOINT),
+        assist_checkpoint=str(ASSIST_CHECKPOINT),
+    )
+    assert named.get_personalizer("assist") is not named.get_personalizer("write")
