@@ -14,7 +14,9 @@ as many users as it can.
 The cache holds no history text: a record names the items shown by id and stores the raw
 answer, its scores (:class:`~curp_chain.tasks.assist.AnswerScores`), seconds and token
 counts. The raw output is kept beside the answer made from it
-(:func:`~curp_chain.tasks.assist.clean_answer`). :meth:`TeacherCache.accepted` applies the current
+(:func:`~curp_chain.tasks.assist.clean_answer`), except for an answer that fails the copy
+check: both are stored blank, so the cache never holds a user's post.
+:meth:`TeacherCache.accepted` applies the current
 :class:`~curp_chain.tasks.assist.AssistFilters` to the stored scores.
 """
 
