@@ -34,7 +34,6 @@ from curp_chain.tasks import AeslcTask, Lamp7Task, RedditTask
 HISTORIES = {
     "maya": [
         "omg just ran 18k up the hill lol legs r dead",
-        "carb loading = 3 bowls of pasta tonight lol",
         "new shoes came!! testing them tmrw at 6 soooo excited",
         "cant believe its week 12 of marathon training already haha",
         "rest day = pizza and couch lol dont judge",

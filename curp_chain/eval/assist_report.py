@@ -129,29 +129,30 @@ def plot(
     chance: float,
     path: str | Path,
 ) -> Path:
-    """Top-1 identifiability (encoder and lexical, with 95% intervals) against prompt tokens
-    per method; chance as a dashed line."""
+    """Top-1 identifiability (encoder: circles, lexical: squares, with 95% intervals) against
+    prompt tokens, one colour per method; chance as a dashed line."""
     from curp_chain.eval.report import pyplot
 
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for metric, marker in (("top1", "o"), ("top1_lexical", "s")):
-        for method, rows in scores.items():
-            s = summary(rows)
+    for index, (method, rows) in enumerate(scores.items()):
+        s = summary(rows)
+        for metric, marker, shift in (("top1", "o", 0.98), ("top1_lexical", "s", 1.02)):
             axes.errorbar(
-                tokens[method],
+                tokens[method] * shift,  # side by side, not on top of each other
                 s[metric],
                 yerr=s[metric + "_ci"],
                 fmt=marker,
+                color=f"C{index}",
                 capsize=3,
-                label=f"{method} ({LABELS[metric]})",
+                label=method if metric == "top1" else None,
             )
     axes.axhline(chance, linestyle="--", color="grey", label="chance")
     axes.set_xscale("symlog", linthresh=10)
     axes.set_xlabel("prompt tokens per request")
-    axes.set_ylabel("reply identifies its user (top-1)")
+    axes.set_ylabel("reply identifies its user (top-1; o encoder, □ lexical)")
     axes.set_title("Everyday answers: whose are they? (held-out users and requests)")
-    axes.legend(fontsize=7, ncol=2)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     out = Path(path)
     figure.savefig(out, dpi=120)

@@ -165,7 +165,7 @@ def _no_usage() -> dict[str, int]:
 
 def _public_curp(curp: dict[str, Any]) -> dict[str, Any]:
     """What a client may see of the personalization: never the stored (tenant-scoped) id."""
-    keys = ("personalized", "reason", "history_items", "soft_tokens")
+    keys = ("personalized", "reason", "history_items", "soft_tokens", "mode")
     return {key: curp[key] for key in keys if key in curp}
 
 

@@ -117,9 +117,20 @@ def test_the_sdk_gets_a_reply_personalized_by_the_tenants_user_with_usage(
     assert 0 < reply.usage.completion_tokens <= MAX_TOKENS
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     curp = (reply.model_extra or {})["curp"]
-    assert curp == {"personalized": True, "reason": None, "history_items": 4, "soft_tokens": 5}
+    assert curp == {
+        "personalized": True,
+        "reason": None,
+        "history_items": 4,
+        "soft_tokens": 5,
+        "mode": "assist",
+    }
     unknown = ask(server, ACME_KEY, "nobody-here")
     assert (unknown.model_extra or {})["curp"]["personalized"] is False
+
+
+def test_the_mode_extension_asks_for_a_text_written_as_the_user(server: LiveServer) -> None:
+    reply = ask(server, ACME_KEY, "alice", extra_body={"mode": "write"})
+    assert (reply.model_extra or {})["curp"]["mode"] == "write"
 
 
 def test_the_same_user_id_in_two_tenants_is_personalized_by_each_tenants_history(

@@ -45,10 +45,11 @@ def test_curp_chat_model_sends_its_default_unless_told_otherwise(
     )
     assert "named SmolLM" in plain._prepare(request, None, {}).prompt.before
 
-    # A personalized request gets the system message its soft tokens were trained under.
+    # A personalized request gets the system message its soft tokens were trained under: an
+    # everyday one, the assist checkpoint's.
     model.add_history("maya", ["omg just ran 18k lol", "rest day = pizza lol"])
     personal = model._prepare(request, None, {"user_id": "maya"}).prompt
-    chat_system = model.get_personalizer().user_model.config.chat_system_message
+    chat_system = model.get_personalizer("assist").user_model.config.chat_system_message
     assert personal.soft is not None and chat_system is not None
     assert f"<|im_start|>system\n{chat_system}<|im_end|>" in personal.before
     assert DEFAULT_SYSTEM_MESSAGE not in personal.before
