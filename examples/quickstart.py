@@ -113,6 +113,21 @@ def soft_token_gap(model: CurpChatModel) -> str:
     )
 
 
+def show(
+    model: CurpChatModel,
+    label: str,
+    request: str | list[BaseMessage],
+    describe: Callable[[str], str],
+) -> None:
+    """Each user's reply to ``request`` (and the reply to no user), each described."""
+    print(label)
+    for user_id in (None, *HISTORIES):
+        reply = " ".join(str(model.invoke(request, user_id=user_id).content).split())
+        print(f"  [{user_id or 'no user'}] {reply}")
+        print(f"      {describe(reply)}")
+    print()
+
+
 def main() -> None:
     model = CurpChatModel(
         backend=open_llamacpp_backend(None, n_threads=1),
@@ -125,21 +140,11 @@ def main() -> None:
     print("== Everyday requests: an answer to the user (mode: assist) ==\n")
     nearest = content_nearest(model)
     for request in EVERYDAY:
-        print(request)
-        for user_id in (None, *HISTORIES):
-            reply = " ".join(str(model.invoke(request, user_id=user_id).content).split())
-            print(f"  [{user_id or 'no user'}] {reply}")
-            print(f"      {nearest(reply)}")
-        print()
+        show(model, request, request, nearest)
     print("== Write as the user (mode: write, from the task's system message) ==\n")
     means = style_means()
     for label, messages in write_requests():
-        print(label)
-        for user_id in (None, *HISTORIES):
-            reply = " ".join(str(model.invoke(messages, user_id=user_id).content).split())
-            print(f"  [{user_id or 'no user'}] {reply}")
-            print(f"      {style_distances(reply, means)}")
-        print()
+        show(model, label, messages, lambda reply: style_distances(reply, means))
 
 
 if __name__ == "__main__":
