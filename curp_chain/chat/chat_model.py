@@ -518,7 +518,7 @@ class CurpChatModel(BaseChatModel):
         return write
 
     def route_of(self, turns: Sequence[ChatTurn], mode: str | None = None) -> Route:
-        """ "assist" or "write": which checkpoint a request of ``turns`` goes to."""
+        """Which checkpoint a request of ``turns`` goes to: "assist" or "write"."""
         write_config = self.get_personalizer("write").user_model.config
         return route(
             turns, mode or self.mode, write_system_messages(write_config.chat_system_message)
