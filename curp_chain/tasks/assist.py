@@ -42,7 +42,7 @@ from curp_chain.data.users import default_data_dir, load_pan, split_users, text_
 from curp_chain.errors import CurpError
 from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks.aeslc import AeslcTask
-from curp_chain.tasks.base import cut
+from curp_chain.tasks.base import ProfileItem, cut
 from curp_chain.tasks.reddit import RedditTask
 
 REQUESTS_PATH = Path(__file__).with_name("assist_requests.json")
@@ -117,41 +117,38 @@ def load_requests(split: RequestSplit = "all", path: Path | None = None) -> list
 
 
 @dataclass(frozen=True)
-class UserItem:
-    id: str
-    """The corpus' own item id (Reddit fullname, AESLC file name), or the text's
-    :func:`~curp_chain.data.users.text_key` for tweets, which have none."""
-    text: str
-
-
-@dataclass(frozen=True)
 class AssistUser:
     user_id: str
     """Prefixed with the corpus: "pan19:...", "reddit:...", "aeslc:..."."""
     corpus: str
-    items: tuple[UserItem, ...]
-    """Oldest first, texts distinct."""
+    items: tuple[ProfileItem, ...]
+    """Oldest first, texts distinct. An item's id is the corpus' own (Reddit fullname, AESLC
+    file name), or the text's :func:`~curp_chain.data.users.text_key` for tweets, which have
+    none."""
 
 
 _SPACES = re.compile(r"\s+")
 _REPLY_PREFIX = re.compile(r"^(?:(?:re|fw|fwd)\s*:\s*)+", re.IGNORECASE)
 
 
-def _distinct(items: Sequence[UserItem]) -> tuple[UserItem, ...]:
-    seen: dict[str, UserItem] = {}
+def _distinct(items: Sequence[ProfileItem]) -> tuple[ProfileItem, ...]:
+    seen: dict[str, ProfileItem] = {}
     for item in items:
         text = _SPACES.sub(" ", item.text).strip()
         if text and text.lower() not in seen:
-            seen[text.lower()] = UserItem(item.id, text)
+            seen[text.lower()] = ProfileItem(item.id, text)
     return tuple(seen.values())
 
 
 def _pan_users(data_dir: Path, split: UserSplit) -> list[AssistUser]:
     train, held = split_users(load_pan(data_dir), PAN_HELD_OUT_FRACTION, PAN_SPLIT_SEED)
     # PAN lists a user's tweets newest first; items here are oldest first.
+    users = train if split == "train" else held
     return [
-        AssistUser(u.user_id, "pan19", _distinct([UserItem(text_key(t), t) for t in u.texts[::-1]]))
-        for u in (train if split == "train" else held)
+        AssistUser(
+            u.user_id, "pan19", _distinct([ProfileItem(text_key(t), t) for t in u.texts[::-1]])
+        )
+        for u in users
     ]
 
 
@@ -162,7 +159,7 @@ def _task_users(data_dir: Path, corpus: str, split: UserSplit) -> list[AssistUse
     for user_id, records in histories.items():
         items = [
             # A subject's "Re:"/"Fw:" says nothing about the person.
-            UserItem(r.id or text_key(r.text), _REPLY_PREFIX.sub("", r.text.strip()))
+            ProfileItem(r.id or text_key(r.text), _REPLY_PREFIX.sub("", r.text.strip()))
             for r in records
         ]
         users.append(AssistUser(user_id, corpus, _distinct(items)))
@@ -291,7 +288,7 @@ brief 0; copies: 3, 2, 5, 5. "interests" and "reminder" write lists past the out
 against 33) but copies a post more often when asked to be specific."""
 
 
-def shown_text(item: UserItem) -> str:
+def shown_text(item: ProfileItem) -> str:
     """An item as the teacher sees it: one line, cut to :data:`MAX_ITEM_CHARS`."""
     return cut_item(item.text)
 
@@ -301,19 +298,19 @@ def cut_item(text: str) -> str:
     return cut(_SPACES.sub(" ", text), MAX_ITEM_CHARS)
 
 
-def candidates(user: AssistUser) -> tuple[UserItem, ...]:
+def candidates(user: AssistUser) -> tuple[ProfileItem, ...]:
     """The items a prompt may show: the user's newest :data:`MAX_CANDIDATES`, oldest first."""
     return user.items[-MAX_CANDIDATES:]
 
 
 def select_items(
-    items: Sequence[UserItem],
+    items: Sequence[ProfileItem],
     item_vectors: torch.Tensor,
     request_vector: torch.Tensor,
     *,
     max_shown: int = MAX_SHOWN,
     by_similarity: int = BY_SIMILARITY,
-) -> list[UserItem]:
+) -> list[ProfileItem]:
     """The items to show: the ``by_similarity`` nearest the request (cosine of unit
     vectors, nearest first), then the newest of the rest up to ``max_shown``.
     ``items`` are oldest first; ``item_vectors`` (len(items), D) match them."""
@@ -331,7 +328,7 @@ def select_items(
 
 
 def teacher_turns(
-    request: AssistRequest, shown: Sequence[UserItem], wording: str = DEFAULT_WORDING
+    request: AssistRequest, shown: Sequence[ProfileItem], wording: str = DEFAULT_WORDING
 ) -> list[ChatTurn]:
     """The teacher's request: a system message with the shown items, then the request."""
     if wording not in WORDINGS:

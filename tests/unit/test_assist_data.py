@@ -18,7 +18,6 @@ from curp_chain.tasks.assist import (
     AssistFilters,
     AssistRequest,
     AssistUser,
-    UserItem,
     answer_scores,
     clean_answer,
     copy_scores,
@@ -32,7 +31,7 @@ from curp_chain.tasks.assist import (
     teacher_turns,
 )
 from curp_chain.tasks.assist_task import kept_answers, read_answers
-from curp_chain.tasks.base import TaskDataError
+from curp_chain.tasks.base import ProfileItem, TaskDataError
 from curp_chain.training.teacher import TeacherCache, TeacherOptions
 
 REQUEST = AssistRequest("cooking-999", "cooking", "What should I cook tonight?")
@@ -123,7 +122,7 @@ def test_scores_flag_a_refusal_and_measure_request_and_user_closeness() -> None:
 
 
 def test_items_nearest_the_request_come_first_then_the_newest() -> None:
-    items = [UserItem(str(i), f"item {i}") for i in range(10)]  # oldest first
+    items = [ProfileItem(str(i), f"item {i}") for i in range(10)]  # oldest first
     vectors = torch.zeros(10, 3)
     vectors[:, 2] = 1.0
     vectors[2] = _unit(1.0, 0.0, 0.0)
@@ -133,7 +132,7 @@ def test_items_nearest_the_request_come_first_then_the_newest() -> None:
 
 
 def test_the_prompt_shows_the_items_and_ends_with_the_request() -> None:
-    shown = [UserItem("a", "Vegan baking all weekend"), UserItem("b", "Honda chain " * 40)]
+    shown = [ProfileItem("a", "Vegan baking all weekend"), ProfileItem("b", "Honda chain " * 40)]
     system, user = teacher_turns(REQUEST, shown)
     assert "- Vegan baking all weekend" in system.content
     assert len(system.content) < 800  # the long item was cut
@@ -143,7 +142,7 @@ def test_the_prompt_shows_the_items_and_ends_with_the_request() -> None:
 
 
 def _user(user_id: str, corpus: str) -> AssistUser:
-    return AssistUser(user_id, corpus, (UserItem("1", "x"),))
+    return AssistUser(user_id, corpus, (ProfileItem("1", "x"),))
 
 
 def test_pairs_go_round_robin_over_users_with_requests_of_different_kinds() -> None:
