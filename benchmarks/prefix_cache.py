@@ -2,26 +2,34 @@
 
     python benchmarks/prefix_cache.py [--threads 1] [--repeats 5] [--max-tokens 8]
                                       [--backends llamacpp hf] [--agent-turns 6] [--skip-agent]
+                                      [--today CHECKOUT]
 
 1. Calls: a personalized forced call (``tool_choice="any"``, a user with history, so soft
    tokens follow the system message and the tool list) with 1, 5 and 20 synthetic tools
-   bound, on llama.cpp and transformers, cut at ``--max-tokens`` (8: every call decodes as
+   bound, on llama.cpp and transformers, the LLM picking the tool from the whole list
+   (``encoder_picks_forced_tool=False``) and the encoder picking it (the default: the
+   prompt lists only that tool), cut at ``--max-tokens`` (8: every call decodes as
    many tokens, whatever it writes). Each repetition runs the call cold (prefix cache
    emptied first) and then warm (its prefix cached by the cold run), interleaved so that
    load drift hits both alike; medians of the repetitions. Times: to the first piece of
-   the reply, and the whole call (prefill, grammar and decoding); the request is prepared
-   (personalized) beforehand, as in benchmarks/tool_calls.py. Both runs' replies are
+   the reply, and the whole call (prefill, grammar and decoding); the request's preparation
+   (personalization, and the encoder's pick) is timed apart. Both runs' replies are
    compared (they must be equal).
 2. The example agent (examples/agent.py: two tools, the relevance gate, two users): whole
    user turns (tool call, tool result, tool call, tool result, answer) on llama.cpp with
-   the prefix cache off and on, alternating the backends turn by turn; the cache is warm
-   from the second turn on.
+   the prefix cache off and on, and with ``--today`` the same turns on a checkout of the
+   code before the cache (its own examples/agent.py and prompts), each in its own process
+   (benchmarks/agent_turn_worker.py), taking turns; the cache is warm from the second turn
+   on.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,14 +76,13 @@ def calls(model: CurpChatModel, repeats: int) -> list[dict[str, Any]]:
     backend: Any = model.get_backend()
     rows = []
     for count in (1, 5, 20):
-        request = model._prepare(
-            [HumanMessage(QUESTION)],
-            None,
-            {"tools": synthetic_tools(count), "tool_choice": "any", "user_id": "runner"},
-        )
-        assert request.prompt.soft is not None  # personalized: the prefix ends at soft tokens
-        cold, warm = [], []
+        options = {"tools": synthetic_tools(count), "tool_choice": "any", "user_id": "runner"}
+        cold, warm, prepare = [], [], []
         for _ in range(repeats):
+            start = time.perf_counter()  # personalization, and the encoder's pick of a tool
+            request = model._prepare([HumanMessage(QUESTION)], None, options)
+            prepare.append(time.perf_counter() - start)
+            assert request.prompt.soft is not None  # personalized: the prefix ends there
             backend.prefix_cache.clear()
             cold.append(timed_call(request))
             warm.append(timed_call(request))
@@ -91,6 +98,7 @@ def calls(model: CurpChatModel, repeats: int) -> list[dict[str, Any]]:
                 "cold_call": statistics.median(c[1] for c in cold),
                 "warm_call": statistics.median(w[1] for w in warm),
                 "tokens": warm[0][3],
+                "prepare": statistics.median(prepare),
                 "warm_step": statistics.median((w[1] - w[0]) / max(1, w[3] - 1) for w in warm),
             }
         )
@@ -101,55 +109,76 @@ def print_calls(label: str, rows: list[dict[str, Any]]) -> None:
     one = rows[0]
     print(f"\n{label}")
     print(
-        "| tools | prompt tokens | prefix tokens | first piece cold (s) | first piece warm (s) "
-        "| call cold (s) | call warm (s) | warm call / warm call with 1 tool | tokens "
-        "| warm ms per token after the first |"
+        "| tools | prompt tokens | prefix tokens | prepare (s) | first piece cold (s) "
+        "| first piece warm (s) | call cold (s) | call warm (s) | warm call / warm call with "
+        "1 tool | with prepare | tokens | warm ms per token after the first |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        whole = (r["prepare"] + r["warm_call"]) / (one["prepare"] + one["warm_call"])
         print(
-            f"| {r['tools']} | {r['prompt']} | {r['prefix']} | {r['cold_first']:.2f} | "
-            f"{r['warm_first']:.2f} | {r['cold_call']:.2f} | {r['warm_call']:.2f} | "
-            f"{r['warm_call'] / one['warm_call']:.2f} | {r['tokens']} | "
-            f"{1000 * r['warm_step']:.0f} |"
+            f"| {r['tools']} | {r['prompt']} | {r['prefix']} | {r['prepare']:.2f} | "
+            f"{r['cold_first']:.2f} | {r['warm_first']:.2f} | {r['cold_call']:.2f} | "
+            f"{r['warm_call']:.2f} | {r['warm_call'] / one['warm_call']:.2f} | {whole:.2f} | "
+            f"{r['tokens']} | {1000 * r['warm_step']:.0f} |"
         )
 
 
-def agent_turns(threads: int, turns: int) -> dict[str, list[float]]:
-    """Seconds per user turn of the example agent, without and with the prefix cache."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
-    import agent as example  # examples/agent.py
-    from langchain.agents import create_agent
+class TurnWorker:
+    """A benchmarks/agent_turn_worker.py process on ``root``'s code; ``turn`` runs one turn."""
 
-    from curp_chain_integrations.langchain.agents import CurpUserMiddleware
-
-    store = SQLHistoryStore("sqlite://")
-    store.setup()
-    agents: dict[str, Any] = {}
-    for label, size in (("off", 0), ("on", None)):
-        backend = open_backend("llamacpp", threads, size)
-        model = CurpChatModel(backend=backend, history_store=store, max_tokens=128)
-        agents[label] = create_agent(
-            model,
-            tools=[example.get_weather, example.add_reminder],
-            context_schema=example.UserContext,
-            middleware=[CurpUserMiddleware()],
+    def __init__(self, root: Path, threads: int, cache_size: int | None):
+        command = [sys.executable, str(Path(__file__).with_name("agent_turn_worker.py"))]
+        command += ["--root", str(root), "--threads", str(threads)]
+        command += [] if cache_size is None else ["--prefix-cache-size", str(cache_size)]
+        packages = [root, root / "stores", root / "integrations"]  # before the installed ones
+        path = os.pathsep.join([*map(str, packages), os.environ.get("PYTHONPATH", "")])
+        env = {**os.environ, "PYTHONPATH": path}
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
-    for user_id, items in example.USERS.items():
-        model.add_history(user_id, items)  # one store for both
-    seconds: dict[str, list[float]] = {"off": [], "on": []}
-    users = list(example.USERS)
+        self._read()  # {"ready": true} once the model is loaded
+
+    def _read(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the agent worker stopped (exit code {self._process.wait()})")
+        return dict(json.loads(line))
+
+    def turn(self, user_id: str) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        self._process.stdin.write(user_id + "\n")
+        self._process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._process.wait()
+
+
+def agent_turns(threads: int, turns: int, today: Path | None) -> dict[str, list[float]]:
+    """Seconds per user turn of the example agent: this code without and with the prefix
+    cache, and (with ``today``) a checkout of the code before the cache, in turn."""
+    here = Path(__file__).resolve().parents[1]
+    variants = {"off": (here, 0), "on": (here, None)}
+    if today is not None:
+        variants = {"today": (today.resolve(), None), **variants}
+    workers = {label: TurnWorker(root, threads, size) for label, (root, size) in variants.items()}
+    seconds: dict[str, list[float]] = {label: [] for label in workers}
+    users = ["alice", "bob"]  # examples/agent.py
     for turn in range(turns):
         user = users[turn % len(users)]
-        for label in ("off", "on"):
-            start = time.perf_counter()
-            result = agents[label].invoke(
-                {"messages": [("user", example.REQUEST)]},
-                context=example.UserContext(user_id=user),
+        for label, worker in workers.items():
+            result = worker.turn(user)
+            seconds[label].append(result["seconds"])
+            print(
+                f"turn {turn + 1} ({user}), {label}: {result['seconds']:.1f} s, "
+                f"{result['calls']}, answer {result['answer'][:60]!r}"
             )
-            seconds[label].append(time.perf_counter() - start)
-            made = [c["name"] for m in result["messages"] for c in getattr(m, "tool_calls", [])]
-            print(f"turn {turn + 1} ({user}), cache {label}: {seconds[label][-1]:.1f} s, {made}")
+    for worker in workers.values():
+        worker.close()
     return seconds
 
 
@@ -158,9 +187,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--backends", nargs="+", default=["llamacpp", "hf"])
+    parser.add_argument("--backends", nargs="*", default=["llamacpp", "hf"])
     parser.add_argument("--agent-turns", type=int, default=6)
     parser.add_argument("--skip-agent", action="store_true")
+    parser.add_argument(
+        "--today",
+        type=Path,
+        help="a checkout of the code to compare the agent's turn with (git worktree add "
+        "../today e09b967: the commit before the prefix cache)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # transformers and the encoder: the machine is shared
     store = SQLHistoryStore("sqlite://")
@@ -169,19 +204,25 @@ def main() -> None:
         backend = open_backend(kind, args.threads)
         model = CurpChatModel(backend=backend, history_store=store, max_tokens=args.max_tokens)
         model.add_history("runner", HISTORY)
-        start = time.perf_counter()
-        rows = calls(model, args.repeats)
-        print_calls(f"{kind} ({time.perf_counter() - start:.0f} s)", rows)
+        for picks, label in (
+            (False, "the LLM picks, every tool listed"),
+            (True, "the encoder picks"),
+        ):
+            start = time.perf_counter()
+            rows = calls(
+                model.model_copy(update={"encoder_picks_forced_tool": picks}), args.repeats
+            )
+            print_calls(f"{kind}, {label} ({time.perf_counter() - start:.0f} s)", rows)
         getattr(backend, "close", lambda: None)()
     if args.skip_agent:
         return
-    seconds = agent_turns(args.threads, args.agent_turns)
-    off, on = seconds["off"], seconds["on"]
-    print("\n| prefix cache | first turn (s) | later turns, median (s) |")
-    print("|---|---|---|")
-    for label, times in (("off", off), ("on", on)):
-        print(f"| {label} | {times[0]:.1f} | {statistics.median(times[1:]):.1f} |")
-    print(f"later turns, off / on: {statistics.median(off[1:]) / statistics.median(on[1:]):.2f}")
+    seconds = agent_turns(args.threads, args.agent_turns, args.today)
+    later = {label: statistics.median(times[1:]) for label, times in seconds.items()}
+    print("\n| code | first turn (s) | later turns, median (s) | later turns / cache on |")
+    print("|---|---|---|---|")
+    for label, times in seconds.items():
+        ratio = later[label] / later["on"]
+        print(f"| {label} | {times[0]:.1f} | {later[label]:.1f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -48,10 +48,10 @@ from curp_chain.chat.structured import (
     with_format_instruction,
 )
 from curp_chain.chat.system_message import DEFAULT_SYSTEM_MESSAGE, with_default_system
-from curp_chain.chat.tools.decoding import ToolDecoding, settle_auto, tool_decoding
-from curp_chain.chat.tools.gate import GateDecision, decide
+from curp_chain.chat.tools.decoding import ToolDecoding, plan, settle_auto, tool_decoding
+from curp_chain.chat.tools.gate import GateDecision, decide, pick_forced_tool
 from curp_chain.chat.tools.prompt import inline_tools
-from curp_chain.chat.tools.specs import resolve_tool_choice, smallest_call, tool_specs
+from curp_chain.chat.tools.specs import ToolChoice, resolve_tool_choice, smallest_call, tool_specs
 from curp_chain.chat.tools.stream import ToolCallAssembler, ToolCallResult
 from curp_chain.errors import BackendError, CurpError
 from curp_chain.interfaces.history import HistoryItem, NewHistoryItem
@@ -376,6 +376,12 @@ class CurpChatModel(BaseChatModel):
     answers in text. Higher: fewer calls. Calibrated on half of benchmarks/tool_requests.json
     (docs/benchmarks.md). None leaves the choice to the LLM's first token (a reply that
     starts with ``{`` is a call), which SmolLM2-135M never takes."""
+    encoder_picks_forced_tool: bool = True
+    """tool_choice "any" with several tools bound: the personalization encoder picks the
+    tool (the one that stands out most for the latest request, as the "auto" gate ranks
+    them), and the prompt lists and the grammar allows only that one. SmolLM2-135M picks the
+    right one of 20 listed tools for far fewer requests (docs/benchmarks.md). False: the
+    LLM picks among all of them."""
     auto_tool_calibrated: bool = True
     """tool_choice "auto": besides ``auto_tool_threshold``, the chosen tool must stand out
     from how it scores on everyday requests by a bar that rises with the number of tools
@@ -707,7 +713,20 @@ class CurpChatModel(BaseChatModel):
         max_tokens: int,
     ) -> tuple[ToolDecoding, GateDecision | None]:
         """tool_choice "auto" settled by the relevance gate (see curp_chain.chat.tools.gate);
-        a call that ``max_tokens`` cannot hold becomes a text reply, never an empty one."""
+        a call that ``max_tokens`` cannot hold becomes a text reply, never an empty one.
+        "any" with several tools: with ``encoder_picks_forced_tool``, a call to the tool the
+        gate ranks first."""
+        choice = decoding.choice
+        if choice is not None and choice.mode == "required" and len(choice.names) > 1:
+            if not self.encoder_picks_forced_tool:
+                return decoding, None
+            offered = [s for s in decoding.specs if s.name in choice.names]
+            encode = self.get_personalizer().encoder.encode
+            picked = pick_forced_tool(turns, offered, encode)
+            if picked is None or picked.call is None:
+                return decoding, None
+            required = ToolChoice("required", (picked.call,))
+            return plan(decoding.specs, required, decoding.response_schema), picked
         if decoding.choice is None or decoding.choice.mode != "auto":
             return decoding, None
         if self.auto_tool_threshold is None:

@@ -31,10 +31,7 @@ def system_message(kinds: list[str]) -> str:
     """A system message listing one lookup tool per kind, as tool calling writes it."""
     lines = ["You can call these tools:"]
     for kind in kinds:
-        lines.append(
-            f'{{"name": "lookup_{kind}", "description": "Look up {kind} by id.", '
-            '"parameters": {"type": "object", "properties": {"id": {"type": "integer"}}}}'
-        )
+        lines.append(f"lookup_{kind}(id: integer): Look up {kind} by id.")
     lines.append('To call a tool, reply with only a JSON object: {"name": ..., "arguments": ...}.')
     return "\n".join(lines)
 
@@ -190,7 +187,7 @@ def test_a_backend_without_the_cache_gives_the_same_replies(llama: LlamaCppBacke
 def test_an_agent_call_of_a_second_user_reuses_the_system_message_and_tools(
     llama: LlamaCppBackend, memory_store: SQLHistoryStore
 ) -> None:
-    model = CurpChatModel(backend=llama, history_store=memory_store, max_tokens=24)
+    model = CurpChatModel(backend=llama, history_store=memory_store, max_tokens=32)
     model.add_history("runner", ["Sunrise trail run: 18 km.", "Marathon week 12."])
     model.add_history("reader", ["Finished a castle puzzle.", "Rainy Sunday, fantasy novel."])
     tools: list[dict[str, Any]] = [

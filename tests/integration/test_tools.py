@@ -169,6 +169,29 @@ def test_a_forced_call_validates_against_its_schema(
     assert streamed.tool_calls[0]["args"] == call["args"]
 
 
+def test_any_calls_the_tool_the_encoder_ranks_first_and_lists_only_it(
+    model: CurpChatModel,
+) -> None:
+    request = "What time is it in Tokyo right now?"
+    bound = model.bind_tools(TOOLS, tool_choice="any")
+    prepared = model._prepare([HumanMessage(request)], None, {"tools": TOOLS, "tool_choice": "any"})
+    system = prepared.prompt.before
+    assert "current_time(zone: string)" in system and "add_numbers(" not in system
+    message = bound.invoke(request)
+    assert_valid_call(message, {"current_time"})
+    gate = message.response_metadata["tool_gate"]
+    assert gate["call"] == "current_time" and 'tool_choice "any"' in gate["reason"]
+    by_llm = model.model_copy(update={"encoder_picks_forced_tool": False})
+    prepared = by_llm._prepare(
+        [HumanMessage(request)], None, {"tools": TOOLS, "tool_choice": "any"}
+    )
+    assert "add_numbers(" in prepared.prompt.before  # every tool listed: the LLM picks
+    assert (
+        "tool_gate"
+        not in by_llm.bind_tools(TOOLS, tool_choice="any").invoke(request).response_metadata
+    )
+
+
 def test_enums_and_required_fields_hold_in_a_call(model: CurpChatModel) -> None:
     bound = model.bind_tools([GetWeather], tool_choice="GetWeather")
     call = assert_valid_call(bound.invoke("Weather in Paris, in celsius?"), {"GetWeather"})
@@ -325,9 +348,10 @@ def test_earlier_calls_and_results_reach_the_prompt(model: CurpChatModel) -> Non
     ]
     request = model._prepare(messages, None, {"tools": [TIME_TOOL], "tool_choice": "any"})
     text = request.prompt.before + request.prompt.after
-    assert '{"name": "add_numbers", "arguments": {"a": 17, "b": 25}, "id": "call_1"}' in text
-    assert "<|im_start|>tool\nadd_numbers (call call_1) returned: 42<|im_end|>" in text
-    assert '"name": "current_time"' in text  # the bound tool, in the system message
+    assert '{"name": "add_numbers", "arguments": {"a": 17, "b": 25}}' in text
+    assert "<|im_start|>tool\nadd_numbers returned: 42<|im_end|>" in text
+    assert "call_1" not in text  # one call per tool: the name tells the result apart
+    assert "current_time(zone: string)" in text  # the bound tool, in the system message
     reply = model.bind_tools(TOOLS).invoke(messages)
     assert reply.content or reply.tool_calls
 

@@ -8,8 +8,9 @@ how that tool scores on everyday requests that need no tool. The reply is a call
 decoded under its grammar (the LLM still writes the arguments), when all three hold:
 
 - its cosine similarity to the request reaches the threshold;
-- it stands out from its everyday scores (a z-score against ``EVERYDAY_REQUESTS``) by more
-  than the best of as many unrelated tools would: the bar rises with the number of tools
+- it stands out from its everyday scores (a z-score against ``EVERYDAY_REQUESTS`` and the
+  assist task's training requests, ``everyday_references``) by more than the best of as
+  many unrelated tools would: the bar rises with the number of tools
   bound (``tool_count_bar``). With one fixed bar, each tool added is one more chance that
   an everyday request scores above it by accident: with 20 tools bound, 9 in 30 requests
   that need no tool were called (docs/benchmarks.md);
@@ -26,6 +27,7 @@ text instead of repeating the call forever.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -34,6 +36,7 @@ import torch
 
 from curp_chain.chat.tools.specs import ToolSpec
 from curp_chain.runtime.prompt import ChatTurn
+from curp_chain.tasks.assist import load_requests
 
 Encode = Callable[[Sequence[str]], torch.Tensor]
 """Texts -> (N, D) unit vectors (``SentenceEncoder.encode``)."""
@@ -92,6 +95,8 @@ NO_TOOL_INTENTS = (
 )
 """The "no tool" alternatives a tool must beat: what a request that needs none asks for."""
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
 TOOL_Z = 2.0
 """How far (in standard deviations of its everyday scores) the chosen tool must stand out
 with one tool bound; ``tool_count_bar`` raises it with more (docs/benchmarks.md)."""
@@ -121,11 +126,18 @@ def tool_count_bar(n_tools: int) -> float:
     return NormalDist().inv_cdf(0.5 ** (1 / n_tools)) if n_tools > 1 else 0.0
 
 
+def everyday_references() -> list[str]:
+    """The requests a tool's everyday scores are taken on: ``EVERYDAY_REQUESTS`` and the
+    assist task's training requests (cooking, plans, trips, books, writing, ...)."""
+    return [*EVERYDAY_REQUESTS, *(r.text for r in load_requests("train"))]
+
+
 @functools.lru_cache(maxsize=8)
 def _references(encode: Encode) -> tuple[torch.Tensor, torch.Tensor]:
     """(everyday requests, "no tool" intents) as vectors, encoded once per encoder."""
-    vectors = encode([*EVERYDAY_REQUESTS, *NO_TOOL_INTENTS])
-    return vectors[: len(EVERYDAY_REQUESTS)], vectors[len(EVERYDAY_REQUESTS) :]
+    everyday = everyday_references()
+    vectors = encode([*everyday, *NO_TOOL_INTENTS])
+    return vectors[: len(everyday)], vectors[len(everyday) :]
 
 
 def tool_text(spec: ToolSpec) -> str:
@@ -145,6 +157,14 @@ def latest_request(turns: Sequence[ChatTurn]) -> tuple[str, set[str]]:
     return "", called
 
 
+def request_parts(request: str) -> list[str]:
+    """The request, and each of its sentences when it has several: "What is the weather in
+    Lyon? Then add a reminder for my plan." asks for two tools, and each sentence is closer
+    to its tool than the whole request is."""
+    sentences = [s for s in SENTENCE_END.split(request.strip()) if s]
+    return [request, *sentences] if len(sentences) > 1 else [request]
+
+
 def tool_scores(request: str, specs: Sequence[ToolSpec], encode: Encode) -> dict[str, float]:
     """Cosine similarity of ``request`` to each tool."""
     if not specs:
@@ -152,6 +172,33 @@ def tool_scores(request: str, specs: Sequence[ToolSpec], encode: Encode) -> dict
     vectors = encode([request, *(tool_text(spec) for spec in specs)])  # (1 + T, D)
     similarity = vectors[1:] @ vectors[0]  # (T,): unit vectors, so cosines
     return {spec.name: float(s) for spec, s in zip(specs, similarity, strict=True)}
+
+
+def standing(similarity: torch.Tensor, tools: torch.Tensor, everyday: torch.Tensor) -> torch.Tensor:
+    """How far each tool's similarity to the request ((T,), or (P, T) for P parts of it)
+    stands out from its similarities to the everyday requests, in their standard
+    deviations (a z-score)."""
+    baseline = tools @ everyday.T  # (T, E)
+    return (similarity - baseline.mean(1)) / baseline.std(1).clamp_min(1e-6)
+
+
+def pick_forced_tool(
+    turns: Sequence[ChatTurn], specs: Sequence[ToolSpec], encode: Encode
+) -> GateDecision | None:
+    """tool_choice "any" with several tools: a call to the one that stands out most for the
+    latest request (``decide``'s ranking, without its bars: a call is required either way);
+    None without a user request to rank them by. SmolLM2-135M, shown the tools, picks the
+    right one of 20 far less often than this ranking does (docs/benchmarks.md)."""
+    request, _ = latest_request(turns)
+    if not request.strip() or not specs:
+        return None
+    vectors = encode([request, *(tool_text(spec) for spec in specs)])  # (1 + T, D)
+    similarity = vectors[1:] @ vectors[0]
+    z = standing(similarity, vectors[1:], _references(encode)[0])
+    best = specs[int(z.argmax())].name
+    scores = {spec.name: float(s) for spec, s in zip(specs, similarity, strict=True)}
+    reason = f'tool_choice "any": {best} stands out most of {len(specs)} tools for the request'
+    return GateDecision(best, scores, reason)
 
 
 def decide(
@@ -172,8 +219,11 @@ def decide(
         return GateDecision(None, {}, "no user request to match")
     if not offered:
         return GateDecision(None, {}, "every tool was already called for this request")
-    vectors = encode([request, *(tool_text(spec) for spec in offered)])  # (1 + T, D)
-    similarity = vectors[1:] @ vectors[0]  # (T,): unit vectors, so cosines
+    parts = request_parts(request)
+    vectors = encode([*parts, *(tool_text(spec) for spec in offered)])  # (P + T, D)
+    asked, tools = vectors[: len(parts)], vectors[len(parts) :]
+    by_part = asked @ tools.T  # (P, T): unit vectors, so cosines
+    similarity = by_part.max(0).values  # (T,)
     scores = {spec.name: float(s) for spec, s in zip(offered, similarity, strict=True)}
     if not calibrated:
         best = max(scores, key=scores.__getitem__)
@@ -181,13 +231,16 @@ def decide(
             return GateDecision(None, scores, f"no tool reaches the threshold {threshold}")
         return GateDecision(best, scores, f"{best} reaches the threshold {threshold}")
     everyday, intents = _references(encode)
-    baseline = vectors[1:] @ everyday.T  # (T, E)
-    z = (similarity - baseline.mean(1)) / baseline.std(1).clamp_min(1e-6)  # (T,)
-    chosen = int(z.argmax())
-    best, score, stands_out = offered[chosen].name, float(similarity[chosen]), float(z[chosen])
+    z = standing(by_part, tools, everyday)  # (P, T)
+    part, chosen = divmod(int(z.argmax()), len(offered))
+    best, score, stands_out = (
+        offered[chosen].name,
+        float(by_part[part, chosen]),
+        float(z[part, chosen]),
+    )
     bar = TOOL_Z + tool_count_bar(len(offered))
     tools = f"{len(offered)} tool{'s' if len(offered) > 1 else ''}"
-    no_tool = float((intents @ vectors[0]).max())
+    no_tool = float((intents @ asked[part]).max())
     if score < threshold:
         return GateDecision(None, scores, f"no tool reaches the threshold {threshold}")
     if stands_out < bar:
