@@ -1,7 +1,7 @@
 """Tool calling on the default model: how often "auto" calls a tool, and what the grammar costs.
 
     python benchmarks/tool_calls.py [--threads 1] [--repeats 3] [--first-token]
-        [--parts choice,speed,gate,runon,hf-grammar]
+        [--parts choice,speed,gate,pick,runon,hf-grammar]
 
 1. Choice under tool_choice="auto" (benchmarks/tool_requests.json: 30 requests that clearly
    need one of three tools, 30 that clearly need none): the gate's threshold is chosen on
@@ -13,12 +13,16 @@
    time to first token and decode tokens/s of a forced call.
 4. gate: the relevance gate's false-call rate with 1, 5 and 20 tools bound (the three
    tools plus ``more_tools`` of the request file) on the 30 requests that need none and on
-   the 427 everyday assistant requests of the assist task, and its call rate on the 30 that
-   need one (their tool among those bound), for the fixed
-   threshold alone and for the calibrated gate (decisions only: no LLM).
-5. runon: forced calls that fit nothing in the request, and "auto" end to end, on llama.cpp
+   the 84 held-out everyday requests of the assist task, and its call rate on the 30 that
+   need one (their tool among those bound), for the fixed threshold alone and for the
+   calibrated gate (decisions only: no LLM).
+5. pick: tool_choice "any" on the 30 requests that need a tool, with 3 and with 20 tools
+   bound: the right tool, valid and as-asked arguments, when the LLM picks among the listed
+   tools (as JSON lines, the format before signatures, or as signatures) and when the encoder
+   picks (the default).
+6. runon: forced calls that fit nothing in the request, and "auto" end to end, on llama.cpp
    and transformers: how many tokens each decodes, and whether it ran to max_tokens.
-6. hf-grammar: the grammar's cost on transformers (llguidance): a forced call under the
+7. hf-grammar: the grammar's cost on transformers (llguidance): a forced call under the
    grammar against a plain reply cut to the same number of tokens, and the grammar's build
    and per-token mask times.
 """
@@ -42,7 +46,9 @@ from pydantic import ValidationError
 
 from curp_chain import CurpChatModel
 from curp_chain.chat.chat_model import PreparedRequest
+from curp_chain.chat.tools import prompt as tool_prompt
 from curp_chain.chat.tools.gate import decide, tool_scores
+from curp_chain.chat.tools.signature import tool_signature
 from curp_chain.chat.tools.specs import ToolSpec, tool_specs
 from curp_chain.interfaces.protocols import SoftPromptBackend
 from curp_chain.runtime.prompt import ChatTurn
@@ -472,6 +478,64 @@ def print_gate(model: CurpChatModel, threshold: float) -> None:
             print(f"  {row['tools']} tools, {row['gate']}, {name}: {row[name]['called_for']}")
 
 
+def json_line(spec: ToolSpec) -> str:
+    """A tool as the system message listed it before signatures: its JSON line."""
+    entry = {"name": spec.name, "description": spec.description, "parameters": spec.parameters}
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def forced_picks(model: CurpChatModel) -> list[dict[str, Any]]:
+    """tool_choice "any" on the 60 requests' 30 that need a tool, with the three tools and
+    with all 20 bound: which tool the call names, with valid and as-asked arguments, when the
+    LLM picks from the listed tools (listed as JSON lines or as signatures) and when the
+    encoder picks (the default)."""
+    tuning, held_out = load_requests()
+    needed = [r for r in tuning + held_out if r.tool is not None]
+    more = json.loads(REQUESTS.read_text())["more_tools"]
+    tool_sets = {
+        "3": list(TOOLS),
+        "20": [*TOOLS, *({"type": "function", "function": t} for t in more)],
+    }
+    variants = {
+        "LLM picks, JSON lines": (False, json_line),
+        "LLM picks, signatures": (False, tool_signature),
+        "encoder picks (default)": (True, tool_signature),
+    }
+    by_name = {t.name: t for t in TOOLS}
+    rows = []
+    for label, (encoder_picks, listing) in variants.items():
+        tool_prompt.tool_signature = listing  # the system message's format for this variant
+        picking = model.model_copy(update={"encoder_picks_forced_tool": encoder_picks})
+        for count, tools in tool_sets.items():
+            bound = picking.bind_tools(tools, tool_choice="any")
+            counts = {"right": 0, "valid": 0, "asked": 0}
+            for request in needed:
+                calls = bound.invoke(request.text).tool_calls
+                if not calls or calls[0]["name"] != request.tool:
+                    continue
+                counts["right"] += 1
+                try:
+                    by_name[request.tool].args_schema.model_validate(calls[0]["args"])  # type: ignore[union-attr]
+                except ValidationError:
+                    continue
+                counts["valid"] += 1
+                counts["asked"] += request.right_arguments(calls[0]["args"])
+            rows.append({"variant": label, "tools": count, "requests": len(needed), **counts})
+    tool_prompt.tool_signature = tool_signature
+    return rows
+
+
+def print_picks(model: CurpChatModel) -> None:
+    print("| who picks, tools listed as | tools bound | right tool | valid arguments | as asked |")
+    print("|---|---|---|---|---|")
+    for r in forced_picks(model):
+        n = r["requests"]
+        print(
+            f"| {r['variant']} | {r['tools']} | {r['right']}/{n} | {r['valid']}/{n} | "
+            f"{r['asked']}/{n} |"
+        )
+
+
 def print_run_ons(models: dict[str, CurpChatModel], max_tokens: int) -> None:
     print(f"| backend | request | forced tool | tokens (max {max_tokens}) | finish | ended as |")
     print("|---|---|---|---|---|---|")
@@ -489,7 +553,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--first-token", action="store_true", help="also measure the old choice")
-    parser.add_argument("--parts", default="choice,speed,gate,runon,hf-grammar")
+    parser.add_argument("--parts", default="choice,speed,gate,pick,runon,hf-grammar")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     torch.set_num_threads(1)  # the encoder and transformers too: the machine is shared
@@ -504,6 +568,8 @@ def main() -> None:
         print_speed(model, backend, args.repeats)
     if "gate" in parts:
         print_gate(model, threshold)
+    if "pick" in parts:
+        print_picks(model)
     if parts & {"runon", "hf-grammar"}:
         hf_backend = TransformersBackend()
         hf_model = model.model_copy(update={"backend": hf_backend})

@@ -511,7 +511,22 @@ class CurpChatModel(BaseChatModel):
                     ("store", self.store_url), lambda: open_store(self.store_url)
                 )
                 self._personalizers[checkpoint] = Personalizer(user_model, encoder, store)
-            return self._personalizers[checkpoint]
+            personalizer = self._personalizers[checkpoint]
+        if route == "assist" and checkpoint != self._checkpoint_of("write"):
+            self._check_shared_codebook(personalizer, self.get_personalizer("write"))
+        return personalizer
+
+    def _check_shared_codebook(self, assist: Personalizer, write: Personalizer) -> None:
+        """Stored codes name the codebook that made them: two routes with different
+        codebooks would re-encode a user's history at every change of route."""
+        if assist.codebook_version != write.codebook_version:
+            raise CurpError(
+                f"the assist checkpoint {self._checkpoint_of('assist')} has another codebook "
+                f"than the write checkpoint {self._checkpoint_of('write')}; both routes read "
+                "the same stored codes. Train the assist checkpoint from the write one "
+                "(curp train projector --init, which keeps its codebook), or name one "
+                "checkpoint for both"
+            )
 
     def _checkpoint_of(self, route: Route) -> str:
         write = self.checkpoint or str(DEFAULT_CHECKPOINT)

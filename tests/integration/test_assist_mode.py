@@ -3,10 +3,14 @@ checkpoint: real llama.cpp, the bundled checkpoints and encoder, in-memory SQLit
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
+from safetensors.torch import load_file, save_file
 
 from curp_chain import CurpChatModel
+from curp_chain.errors import CurpError
 from curp_chain.model.checkpoint import ASSIST_CHECKPOINT, DEFAULT_CHECKPOINT, LAMP7_CHECKPOINT
 from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks import RedditTask
@@ -78,3 +82,20 @@ def test_a_checkpoint_of_ones_own_serves_both_routes_unless_an_assist_one_is_nam
         assist_checkpoint=str(ASSIST_CHECKPOINT),
     )
     assert named.get_personalizer("assist") is not named.get_personalizer("write")
+
+
+def test_an_assist_checkpoint_with_another_codebook_is_refused(
+    llama_backend, memory_store, tmp_path
+) -> None:
+    other = tmp_path / "other-codebook"
+    shutil.copytree(ASSIST_CHECKPOINT, other)
+    weights = load_file(other / "model.safetensors")
+    weights["quantizer.prototypes"] = weights["quantizer.prototypes"] + 0.01
+    save_file(weights, other / "model.safetensors")
+    model = CurpChatModel(
+        backend=llama_backend, history_store=memory_store, assist_checkpoint=str(other)
+    )
+    model.add_history("baker", BAKER)
+    with pytest.raises(CurpError, match="another codebook than the write checkpoint"):
+        model.invoke(EVERYDAY, user_id="baker")
+    assert len(memory_store.get_items("baker")) == len(BAKER)  # nothing stored is lost

@@ -165,12 +165,27 @@ def request_parts(request: str) -> list[str]:
     return [request, *sentences] if len(sentences) > 1 else [request]
 
 
+@functools.lru_cache(maxsize=1024)
+def _tool_vector(encode: Encode, text: str) -> torch.Tensor:
+    return encode([text])[0]
+
+
+def encode_with_tools(
+    encode: Encode, texts: Sequence[str], specs: Sequence[ToolSpec]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(texts, tools) as vectors. A tool's vector is encoded once and kept (bounded): an
+    agent binds the same tools to every call, and encoding 20 tool texts costs about as much
+    as the rest of the gate."""
+    tools = torch.stack([_tool_vector(encode, tool_text(spec)) for spec in specs])
+    return encode(list(texts)), tools
+
+
 def tool_scores(request: str, specs: Sequence[ToolSpec], encode: Encode) -> dict[str, float]:
     """Cosine similarity of ``request`` to each tool."""
     if not specs:
         return {}
-    vectors = encode([request, *(tool_text(spec) for spec in specs)])  # (1 + T, D)
-    similarity = vectors[1:] @ vectors[0]  # (T,): unit vectors, so cosines
+    asked, tools = encode_with_tools(encode, [request], specs)
+    similarity = tools @ asked[0]  # (T,): unit vectors, so cosines
     return {spec.name: float(s) for spec, s in zip(specs, similarity, strict=True)}
 
 
@@ -192,9 +207,9 @@ def pick_forced_tool(
     request, _ = latest_request(turns)
     if not request.strip() or not specs:
         return None
-    vectors = encode([request, *(tool_text(spec) for spec in specs)])  # (1 + T, D)
-    similarity = vectors[1:] @ vectors[0]
-    z = standing(similarity, vectors[1:], _references(encode)[0])
+    asked, tools = encode_with_tools(encode, [request], specs)
+    similarity = tools @ asked[0]
+    z = standing(similarity, tools, _references(encode)[0])
     best = specs[int(z.argmax())].name
     scores = {spec.name: float(s) for spec, s in zip(specs, similarity, strict=True)}
     reason = f'tool_choice "any": {best} stands out most of {len(specs)} tools for the request'
@@ -220,9 +235,8 @@ def decide(
     if not offered:
         return GateDecision(None, {}, "every tool was already called for this request")
     parts = request_parts(request)
-    vectors = encode([*parts, *(tool_text(spec) for spec in offered)])  # (P + T, D)
-    asked, tools = vectors[: len(parts)], vectors[len(parts) :]
-    by_part = asked @ tools.T  # (P, T): unit vectors, so cosines
+    asked, tool_vectors = encode_with_tools(encode, parts, offered)  # (P, D), (T, D)
+    by_part = asked @ tool_vectors.T  # (P, T): unit vectors, so cosines
     similarity = by_part.max(0).values  # (T,)
     scores = {spec.name: float(s) for spec, s in zip(offered, similarity, strict=True)}
     if not calibrated:
@@ -231,7 +245,7 @@ def decide(
             return GateDecision(None, scores, f"no tool reaches the threshold {threshold}")
         return GateDecision(best, scores, f"{best} reaches the threshold {threshold}")
     everyday, intents = _references(encode)
-    z = standing(by_part, tools, everyday)  # (P, T)
+    z = standing(by_part, tool_vectors, everyday)  # (P, T)
     part, chosen = divmod(int(z.argmax()), len(offered))
     best, score, stands_out = (
         offered[chosen].name,
