@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -46,8 +47,9 @@ from pydantic import ValidationError
 
 from curp_chain import CurpChatModel
 from curp_chain.chat.chat_model import PreparedRequest
+from curp_chain.chat.tools import gate as gate_module
 from curp_chain.chat.tools import prompt as tool_prompt
-from curp_chain.chat.tools.gate import decide, tool_scores
+from curp_chain.chat.tools.gate import EVERYDAY_REQUESTS, NO_TOOL_INTENTS, decide, tool_scores
 from curp_chain.chat.tools.signature import tool_signature
 from curp_chain.chat.tools.specs import ToolSpec, tool_specs
 from curp_chain.interfaces.protocols import SoftPromptBackend
@@ -318,36 +320,51 @@ def everyday_requests() -> list[str]:
     return [r.text for r in load_assist_requests("held_out")]
 
 
+def gate_rows(
+    decide_for: Any, gate: str, sets: dict[str, list[str]], needs: list[tuple[str, str]], k: int
+) -> dict[str, Any]:
+    """One row of ``gate_scaling``: ``decide_for(text, specs)`` -> the tool called, or None."""
+    pool = tool_pool()
+    row: dict[str, Any] = {"tools": k, "gate": gate}
+    for name, none in sets.items():
+        called = [(t, decide_for(t, sp)) for t in none for sp in tool_sets(pool, k, None)]
+        false = [c is not None for _, c in called]
+        row[name] = {
+            "false_calls": sum(false),
+            "tries": len(false),
+            "false_rate": statistics.mean(false),
+            "called_for": sorted({f"{t} -> {c}" for t, c in called if c}),
+        }
+    right = [decide_for(t, tool_sets(pool, k, tool)[0]) == tool for t, tool in needs]
+    return row | {"right_calls": sum(right), "needed": len(right)}
+
+
 def gate_scaling(model: CurpChatModel, threshold: float) -> list[dict[str, Any]]:
     """False-call and call rates of the gate with 1, 5 and 20 tools bound, on the 30
-    requests of the file that need none and on the 427 everyday requests."""
+    requests of the file that need none and on the 84 held-out everyday requests: the
+    threshold alone, the calibrated gate with its 40 everyday references only (as before),
+    and the calibrated gate with the assist training requests added (now)."""
     data = json.loads(REQUESTS.read_text())
     sets = {"file": [r["request"] for r in data["needs_none"]], "everyday": everyday_requests()}
     needs = [(r["request"], r["tool"]) for r in data["needs_tool"]]
     encode = cached(model.get_personalizer().encoder.encode)
-    pool = tool_pool()
+    intents = encode(list(NO_TOOL_INTENTS))
+    gates = {
+        "threshold only": (False, gate_module.everyday_references()),
+        "calibrated, 40 references (before)": (True, list(EVERYDAY_REQUESTS)),
+        "calibrated": (True, gate_module.everyday_references()),
+    }
     rows = []
-    for k in (1, 5, 20):
-        for calibrated in (False, True):
+    for gate, (calibrated, references) in gates.items():
+        everyday = encode(references)
+        with patch.object(gate_module, "_references", lambda _: (everyday, intents)):  # noqa: B023
 
-            def call(text: str, specs: list[ToolSpec], on: bool = calibrated) -> str | None:
-                turns = [ChatTurn("user", text)]
-                return decide(turns, specs, encode, threshold, calibrated=on).call
+            def decide_for(text: str, specs: list[ToolSpec], on: bool = calibrated) -> str | None:
+                return decide(
+                    [ChatTurn("user", text)], specs, encode, threshold, calibrated=on
+                ).call
 
-            gate = "calibrated" if calibrated else "threshold only"
-            row: dict[str, Any] = {"tools": k, "gate": gate}
-            for name, none in sets.items():
-                tries = [(t, sp) for t in none for sp in tool_sets(pool, k, None)]
-                called = [(t, call(t, sp)) for t, sp in tries]
-                false = [c is not None for _, c in called]
-                row[name] = {
-                    "false_calls": sum(false),
-                    "tries": len(false),
-                    "false_rate": statistics.mean(false),
-                    "called_for": sorted({f"{t} -> {c}" for t, c in called if c}),
-                }
-            right = [call(t, tool_sets(pool, k, tool)[0]) == tool for t, tool in needs]
-            rows.append(row | {"right_calls": sum(right), "needed": len(right)})
+            rows += [gate_rows(decide_for, gate, sets, needs, k) for k in (1, 5, 20)]
     return rows
 
 
