@@ -8,7 +8,7 @@ import json
 import pytest
 from langchain_core.tools import tool
 
-from curp_chain.chat.tools.gate import tool_count_bar
+from curp_chain.chat.tools.gate import request_parts, tool_count_bar
 from curp_chain.chat.tools.specs import smallest_call, tool_specs
 from curp_chain.chat.tools.stream import RunOnCheck, ToolCallAssembler
 from curp_chain.errors import InvalidGenerationParamsError
@@ -117,3 +117,13 @@ def test_a_reply_without_constraints_has_no_grammar_and_a_bad_schema_is_refused(
     assert grammar is not None
     with pytest.raises(InvalidGenerationParamsError, match="cannot be turned into a grammar"):
         check_grammar(grammar)
+
+
+def test_a_request_of_several_sentences_is_also_scored_sentence_by_sentence() -> None:
+    request = "What is the weather in Lyon? Then add a reminder for my plan."
+    assert request_parts(request) == [
+        request,
+        "What is the weather in Lyon?",
+        "Then add a reminder for my plan.",
+    ]
+    assert request_parts("What time is it in Tokyo?") == ["What time is it in Tokyo?"]

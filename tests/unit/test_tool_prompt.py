@@ -59,3 +59,17 @@ def test_ids_are_shown_only_for_a_tool_called_twice_in_one_turn() -> None:
     text = "\n".join(t.content for t in inline_tools(call_turns(["a", "a", "b"]), [], None))
     assert '"id": "call_0"' in text and "a (call call_1) returned: result 1" in text
     assert "b returned: result 2" in text  # b's single call still needs no id
+
+
+def test_a_boolean_property_schema_reads_as_any() -> None:
+    spec = to_tool_spec(
+        {
+            "type": "function",
+            "function": {
+                "name": "tag",
+                "description": "Tag a note.",
+                "parameters": {"type": "object", "properties": {"note": True}},
+            },
+        }
+    )
+    assert tool_signature(spec) == "tag(note?: any): Tag a note."

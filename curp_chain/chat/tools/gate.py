@@ -96,6 +96,7 @@ NO_TOOL_INTENTS = (
 """The "no tool" alternatives a tool must beat: what a request that needs none asks for."""
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+"""Where ``request_parts`` splits a request into sentences."""
 
 TOOL_Z = 2.0
 """How far (in standard deviations of its everyday scores) the chosen tool must stand out

@@ -55,6 +55,9 @@ def _parameters(schema: Mapping[str, Any], depth: int) -> list[str]:
     out = []
     for name, sub in (schema.get("properties") or {}).items():
         mark = "" if name in required else "?"
+        if not isinstance(sub, Mapping):  # a boolean schema: anything (true) or nothing
+            out.append(f"{name}{mark}: any")
+            continue
         default = f" = {json.dumps(sub['default'])}" if "default" in sub else ""
         out.append(f"{name}{mark}: {type_text(sub, depth)}{default}")
     return out
