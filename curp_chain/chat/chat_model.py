@@ -742,7 +742,7 @@ class CurpChatModel(BaseChatModel):
                 return decoding, None
             required = ToolChoice("required", (picked.call,))
             return plan(decoding.specs, required, decoding.response_schema), picked
-        if decoding.choice is None or decoding.choice.mode != "auto":
+        if choice is None or choice.mode != "auto":
             return decoding, None
         if self.auto_tool_threshold is None:
             return decoding, None
