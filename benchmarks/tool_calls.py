@@ -341,30 +341,45 @@ def gate_rows(
 
 def gate_scaling(model: CurpChatModel, threshold: float) -> list[dict[str, Any]]:
     """False-call and call rates of the gate with 1, 5 and 20 tools bound, on the 30
-    requests of the file that need none and on the 84 held-out everyday requests: the
-    threshold alone, the calibrated gate with its 40 everyday references only (as before),
-    and the calibrated gate with the assist training requests added (now)."""
+    requests of the file that need none, on the 84 held-out everyday requests and on the
+    gate's own training references, each left out of the references while it is decided:
+    the threshold alone, then the calibrated gate as it grew (its 40 everyday references;
+    the assist training requests added; the request compared with its nearest everyday
+    references, now)."""
     data = json.loads(REQUESTS.read_text())
-    sets = {"file": [r["request"] for r in data["needs_none"]], "everyday": everyday_requests()}
     needs = [(r["request"], r["tool"]) for r in data["needs_tool"]]
     encode = cached(model.get_personalizer().encoder.encode)
     intents = encode(list(NO_TOOL_INTENTS))
-    gates = {
-        "threshold only": (False, gate_module.everyday_references()),
-        "calibrated, 40 references (before)": (True, list(EVERYDAY_REQUESTS)),
-        "calibrated": (True, gate_module.everyday_references()),
+    wider = gate_module.everyday_references()
+    sets = {
+        "file": [r["request"] for r in data["needs_none"]],
+        "everyday": everyday_requests(),
+        "references": wider[len(EVERYDAY_REQUESTS) :],
+    }
+    gates = {  # name: (calibrated, references, nearest references compared)
+        "threshold only": (False, wider, 0),
+        "calibrated, 40 references": (True, list(EVERYDAY_REQUESTS), 0),
+        "calibrated, wider references (before)": (True, wider, 0),
+        "calibrated, nearest references compared (now)": (
+            True,
+            wider,
+            gate_module.EVERYDAY_NEIGHBOURS,
+        ),
     }
     rows = []
-    for gate, (calibrated, references) in gates.items():
-        everyday = encode(references)
-        with patch.object(gate_module, "_references", lambda _: (everyday, intents)):  # noqa: B023
+    for gate, (calibrated, references, neighbours) in gates.items():
 
-            def decide_for(text: str, specs: list[ToolSpec], on: bool = calibrated) -> str | None:
-                return decide(
-                    [ChatTurn("user", text)], specs, encode, threshold, calibrated=on
-                ).call
+        def decide_for(text: str, specs: list[ToolSpec], on: bool = calibrated) -> str | None:
+            # A training reference is left out while it is itself decided.
+            kept = [r for r in references if r != text]  # noqa: B023
+            with (
+                patch.object(gate_module, "_references", lambda _: (encode(kept), intents)),
+                patch.object(gate_module, "EVERYDAY_NEIGHBOURS", neighbours),  # noqa: B023
+            ):
+                turns = [ChatTurn("user", text)]
+                return decide(turns, specs, encode, threshold, calibrated=on).call
 
-            rows += [gate_rows(decide_for, gate, sets, needs, k) for k in (1, 5, 20)]
+        rows += [gate_rows(decide_for, gate, sets, needs, k) for k in (1, 5, 20)]
     return rows
 
 
@@ -477,21 +492,24 @@ def print_speed(model: CurpChatModel, backend: LlamaCppBackend, repeats: int) ->
 
 
 def print_gate(model: CurpChatModel, threshold: float) -> None:
-    print(
-        f"| tools | gate (threshold {threshold:.2f}) | false calls, 30 of the file | rate "
-        "| false calls, 84 everyday | rate | right calls |"
-    )
-    print("|---|---|---|---|---|---|---|")
     rows = gate_scaling(model, threshold)
+    sets = ("file", "everyday", "references")
+    print(
+        f"| tools | gate (threshold {threshold:.2f}) | false calls: 30 of the file | "
+        "84 held-out everyday | 343 references, each left out | right calls |"
+    )
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        file, everyday = row["file"], row["everyday"]
+        cells = [
+            f"{row[name]['false_calls']}/{row[name]['tries']} ({row[name]['false_rate']:.1%})"
+            for name in sets
+        ]
         print(
-            f"| {row['tools']} | {row['gate']} | {file['false_calls']}/{file['tries']} | "
-            f"{file['false_rate']:.3f} | {everyday['false_calls']}/{everyday['tries']} | "
-            f"{everyday['false_rate']:.4f} | {row['right_calls']}/{row['needed']} |"
+            f"| {row['tools']} | {row['gate']} | {' | '.join(cells)} | "
+            f"{row['right_calls']}/{row['needed']} |"
         )
     for row in rows:
-        for name in ("file", "everyday"):
+        for name in sets:
             print(f"  {row['tools']} tools, {row['gate']}, {name}: {row[name]['called_for']}")
 
 
@@ -509,7 +527,7 @@ def forced_picks(model: CurpChatModel) -> list[dict[str, Any]]:
     tuning, held_out = load_requests()
     needed = [r for r in tuning + held_out if r.tool is not None]
     more = json.loads(REQUESTS.read_text())["more_tools"]
-    tool_sets = {
+    tool_sets: dict[str, list[Any]] = {
         "3": list(TOOLS),
         "20": [*TOOLS, *({"type": "function", "function": t} for t in more)],
     }

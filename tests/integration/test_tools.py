@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from unittest.mock import patch
 
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolCall, ToolMessage
@@ -16,6 +17,7 @@ from langchain_core.tools import BaseTool, tool
 from pydantic import BaseModel, Field
 
 from curp_chain import CurpChatModel
+from curp_chain.chat.tools import gate
 from curp_chain.chat.tools.gate import decide
 from curp_chain.chat.tools.specs import resolve_tool_choice, tool_specs
 from curp_chain.errors import CurpError
@@ -282,6 +284,20 @@ def test_the_gate_stays_calibrated_as_tools_are_added(encoder) -> None:
         ("What is 17 plus 25?", "add_numbers"),
     ):
         assert decide([ChatTurn("user", question)], many, encoder.encode, 0.24).call == tool_name
+
+
+def test_a_request_like_everyday_ones_gets_no_call_from_many_tools(encoder) -> None:
+    many = tool_specs([*TOOLS, *({"type": "function", "function": t} for t in MORE_TOOLS)])
+    chat = [ChatTurn("user", "What's a good way to get my home ready for winter?")]
+    # set_thermostat stands out enough among 21 tools and beats the "no tool" intents ...
+    with patch.object(gate, "EVERYDAY_NEIGHBOURS", 0):
+        assert decide(chat, many, encoder.encode, 0.24).call == "set_thermostat"
+    # ... but the request is far closer to everyday requests about the home.
+    decision = decide(chat, many, encoder.encode, 0.24)
+    assert decision.call is None and "reads like everyday requests" in decision.reason
+    # A request that needs the tool is not like them.
+    asked = [ChatTurn("user", "Set the thermostat in the living room to 21 degrees.")]
+    assert decide(asked, many, encoder.encode, 0.24).call == "set_thermostat"
 
 
 def test_tool_choice_none_replies_in_text(model: CurpChatModel) -> None:

@@ -5,7 +5,7 @@ starts a call (docs/benchmarks.md). The sentence encoder the model already loads
 personalization makes it instead. It embeds the latest user request and each bound tool
 (its name, description and parameter names) and picks the tool that stands out most from
 how that tool scores on everyday requests that need no tool. The reply is a call to it,
-decoded under its grammar (the LLM still writes the arguments), when all three hold:
+decoded under its grammar (the LLM still writes the arguments), when all four hold:
 
 - its cosine similarity to the request reaches the threshold;
 - it stands out from its everyday scores (a z-score against ``EVERYDAY_REQUESTS`` and the
@@ -15,7 +15,13 @@ decoded under its grammar (the LLM still writes the arguments), when all three h
   an everyday request scores above it by accident: with 20 tools bound, 9 in 30 requests
   that need no tool were called (docs/benchmarks.md);
 - it beats the best "no tool" alternative (``NO_TOOL_INTENTS``: small talk, writing,
-  explanations, how-to, general knowledge) by ``NO_TOOL_MARGIN``.
+  explanations, how-to, general knowledge) by ``NO_TOOL_MARGIN``;
+- it is about as close to the request as the everyday references most like the request are
+  (the mean similarity of its ``EVERYDAY_NEIGHBOURS`` nearest, less ``EVERYDAY_ALLOWANCE``).
+  A request that reads like everyday requests that need no tool gets none, however well one
+  of many tools scores: with 20 tools bound, "What's a good way to get my home ready for
+  winter?" stood out enough for ``set_thermostat`` (0.37), but it is far closer to everyday
+  requests about the home (0.50).
 
 Otherwise the reply is text.
 
@@ -105,6 +111,17 @@ with one tool bound; ``tool_count_bar`` raises it with more (docs/benchmarks.md)
 NO_TOOL_MARGIN = 0.05
 """How much closer the request must be to the chosen tool than to every "no tool"
 alternative (cosine similarity)."""
+
+EVERYDAY_NEIGHBOURS = 10
+"""How many of the everyday references nearest the request it is compared with (their mean
+similarity to it); 0 turns the comparison off. A mean over several, so that no single
+reference worded like the request decides alone."""
+
+EVERYDAY_ALLOWANCE = 0.05
+"""How far the chosen tool may score below the request's nearest everyday references. Two
+requests are worded alike, a request and a tool's description are not: similarities between
+requests run higher (those that need a tool sit 0.15 to 0.35 from their nearest everyday
+references, and 0.2 to 0.65 from their tool)."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +215,15 @@ def standing(similarity: torch.Tensor, tools: torch.Tensor, everyday: torch.Tens
     return (similarity - baseline.mean(1)) / baseline.std(1).clamp_min(1e-6)
 
 
+def everyday_likeness(asked: torch.Tensor, everyday: torch.Tensor) -> float:
+    """The mean similarity of a request (a unit vector) to its ``EVERYDAY_NEIGHBOURS``
+    nearest everyday references; -1 when the comparison is off."""
+    neighbours = min(EVERYDAY_NEIGHBOURS, len(everyday))
+    if not neighbours:
+        return -1.0
+    return float((everyday @ asked).topk(neighbours).values.mean())
+
+
 def pick_forced_tool(
     turns: Sequence[ChatTurn], specs: Sequence[ToolSpec], encode: Encode
 ) -> GateDecision | None:
@@ -217,6 +243,38 @@ def pick_forced_tool(
     return GateDecision(best, scores, reason)
 
 
+def _failed_test(
+    best: str,
+    score: float,
+    *,
+    threshold: float,
+    stands_out: float,
+    bar: tuple[float, str],
+    no_tool: float,
+    likeness: float,
+) -> str | None:
+    """The first of the module docstring's tests that the best tool (its similarity
+    ``score`` to the request) fails, in words; None when it passes them all."""
+    if score < threshold:
+        return f"no tool reaches the threshold {threshold}"
+    if stands_out < bar[0]:
+        return (
+            f"{best} stands out from its everyday scores by {stands_out:.2f} standard "
+            f"deviations, under the bar of {bar[0]:.2f} for {bar[1]}"
+        )
+    if score < no_tool + NO_TOOL_MARGIN:
+        return (
+            f"the request is about as close to a reply without tools ({no_tool:.3f}) as to "
+            f"{best} ({score:.3f})"
+        )
+    if score < likeness - EVERYDAY_ALLOWANCE:
+        return (
+            f"the request reads like everyday requests that need no tool ({likeness:.3f}), "
+            f"more than like {best} ({score:.3f})"
+        )
+    return None
+
+
 def decide(
     turns: Sequence[ChatTurn],
     specs: Sequence[ToolSpec],
@@ -226,7 +284,7 @@ def decide(
     calibrated: bool = True,
 ) -> GateDecision:
     """A call to the tool (not yet called for the latest request) that stands out most from
-    its everyday scores, when it passes the three tests of the module docstring; otherwise
+    its everyday scores, when it passes the four tests of the module docstring; otherwise
     text. ``calibrated=False``: a call to the most similar tool when it reaches
     ``threshold``, whatever the number of tools."""
     request, called = latest_request(turns)
@@ -255,20 +313,16 @@ def decide(
     )
     bar = TOOL_Z + tool_count_bar(len(offered))
     tools = f"{len(offered)} tool{'s' if len(offered) > 1 else ''}"
-    no_tool = float((intents @ asked[part]).max())
-    if score < threshold:
-        return GateDecision(None, scores, f"no tool reaches the threshold {threshold}")
-    if stands_out < bar:
-        reason = (
-            f"{best} stands out from its everyday scores by {stands_out:.2f} standard "
-            f"deviations, under the bar of {bar:.2f} for {tools}"
-        )
-        return GateDecision(None, scores, reason)
-    if score < no_tool + NO_TOOL_MARGIN:
-        reason = (
-            f"the request is about as close to a reply without tools ({no_tool:.3f}) as to "
-            f"{best} ({score:.3f})"
-        )
-        return GateDecision(None, scores, reason)
+    failed = _failed_test(
+        best,
+        score,
+        threshold=threshold,
+        stands_out=stands_out,
+        bar=(bar, tools),
+        no_tool=float((intents @ asked[part]).max()),
+        likeness=everyday_likeness(asked[part], everyday),
+    )
+    if failed:
+        return GateDecision(None, scores, failed)
     reason = f"{best} reaches the threshold {threshold} and the bar of {bar:.2f} for {tools}"
     return GateDecision(best, scores, reason)
