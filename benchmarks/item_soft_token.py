@@ -1,0 +1,169 @@
+"""Can one soft token made from an item's codes carry what the item is about into SmolLM2?
+
+    python benchmarks/item_soft_token.py [--minutes 20] [--threads 1] [--json PATH]
+
+The assist checkpoint's replies do not identify their user (docs/experiments.md, 16): the
+soft tokens carry no content that SmolLM2-135M puts into its answer. This measures the step
+before: an item of a real user's history (PAN tweets, Reddit posts, Enron subject lines) is
+encoded and quantized as at write time (the default checkpoint's encoder and codebook), one
+MLP turns the decoded vector into one soft token, and SmolLM2 (frozen) is trained to write
+the item back from it. Held-out items (the assist task's held-out users) are scored with
+their own soft token against another item's (a derangement): the gap in nats per token is
+what the token carries about its item. A few greedy reconstructions are printed to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from curp_chain.data.users import default_data_dir
+from curp_chain.interfaces.protocols import GenerationParams
+from curp_chain.model.checkpoint import load_checkpoint
+from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.runtime.defaults import open_hf_backend
+from curp_chain.runtime.prompt import ChatTurn, build_soft_prompt
+from curp_chain.tasks.assist import candidates, cut_item, load_users
+from curp_chain.training.examples import Example, derangement
+from curp_chain.training.loss import batch_loss
+
+SYSTEM = "Write out the note the user shares, word for word."
+REQUEST = "Here is my note."
+
+
+def item_texts(split: str, per_user: int, limit: int, seed: int) -> list[str]:
+    """Up to ``per_user`` items of each user of the split, at most ``limit``, shuffled."""
+    texts = []
+    for user in load_users(default_data_dir(), split):  # type: ignore[arg-type]
+        texts += [cut_item(i.text) for i in candidates(user)[-per_user:]]
+    texts = [t for t in dict.fromkeys(texts) if len(t.split()) >= 4]
+    random.Random(seed).shuffle(texts)
+    return texts[:limit]
+
+
+def quantized(texts: list[str], encoder: SentenceEncoder, model) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The item vectors as served: encoded, quantized to codes, decoded."""
+    with torch.no_grad():
+        vectors = model.item_vectors(encoder.encode(texts), texts)
+        return model.quantizer.decode(model.quantizer.encode(vectors))
+
+
+class ItemToken(nn.Module):
+    def __init__(self, item_dim: int, hidden: int, out_dim: int, rms: float):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(item_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        self.rms = rms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(x)
+        y = y / y.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6) * self.rms
+        return y[:, None]  # (B, 1, H)
+
+
+def examples(texts: list[str]) -> list[Example]:
+    context = (ChatTurn("system", SYSTEM),)
+    return [Example("item", (), REQUEST, t, context) for t in texts]
+
+
+def per_token(lm, soft: torch.Tensor, batch: list[Example]) -> list[float]:  # type: ignore[no-untyped-def]
+    with torch.no_grad():
+        sums, counts = batch_loss(lm, soft, batch, max_target_tokens=48)
+    return (sums / counts.clamp(min=1)).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--held-out", type=int, default=160)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    user_model = load_checkpoint()
+    encoder = SentenceEncoder()
+    lm = open_hf_backend()
+    train = item_texts("train", 4, 20000, 0)
+    held = item_texts("held_out", 2, args.held_out, 1)
+    train_x, held_x = quantized(train, encoder, user_model), quantized(held, encoder, user_model)
+    rms = user_model.config.soft_token_rms
+    token = ItemToken(train_x.shape[1], 1024, lm.hidden_size, rms)
+    optimizer = torch.optim.AdamW(token.parameters(), lr=args.lr, weight_decay=0.0)
+    shuffle = derangement(len(held), 0)
+
+    def held_out_gap() -> dict[str, float]:
+        token.eval()
+        own, other = [], []
+        for start in range(0, len(held), 16):
+            rows = list(range(start, min(start + 16, len(held))))
+            batch = examples([held[i] for i in rows])
+            own += per_token(lm, token(held_x[rows]), batch)
+            other += per_token(lm, token(held_x[[shuffle[i] for i in rows]]), batch)
+        token.train()
+        gaps = [o - s for s, o in zip(own, other, strict=True)]
+        return {
+            "own": statistics.fmean(own),
+            "other": statistics.fmean(other),
+            "gap": statistics.fmean(gaps),
+            "gap_ci": 1.96 * statistics.stdev(gaps) / len(gaps) ** 0.5,
+        }
+
+    history = [{"step": 0, **held_out_gap()}]
+    print(history[-1], flush=True)
+    start, step, losses = time.monotonic(), 0, []
+    bar = tqdm(total=int(args.minutes * 60), unit="s", desc="training")
+    while time.monotonic() - start < args.minutes * 60:
+        rows = random.Random(step).sample(range(len(train)), args.batch_size)
+        sums, counts = batch_loss(
+            lm, token(train_x[rows]), examples([train[i] for i in rows]), max_target_tokens=48
+        )
+        loss = sums.sum() / counts.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        step += 1
+        bar.n = int(time.monotonic() - start)
+        bar.set_postfix(step=step, loss=f"{statistics.fmean(losses[-20:]):.3f}")
+        if step % 100 == 0:
+            history.append({"step": step, **held_out_gap()})
+            print(history[-1], flush=True)
+    bar.close()
+    history.append({"step": step, **held_out_gap()})
+    print(history[-1], flush=True)
+    token.eval()
+    samples = []
+    params = GenerationParams(max_tokens=40, temperature=0.0)
+    for i in range(6):
+        turns = [ChatTurn("system", SYSTEM), ChatTurn("user", REQUEST)]
+        with torch.no_grad():
+            soft = token(held_x[[i]])[0].numpy().astype(np.float32)
+        prompt = build_soft_prompt(lm.chat_template, turns, soft, lm.special_tokens)
+        text = "".join(c.text for c in lm.stream(prompt, params)).strip()
+        samples.append({"item": held[i], "from its soft token": text})
+        print(f"- {held[i]!r}\n  -> {text!r}", flush=True)
+    result = {
+        "items": {"train": len(train), "held_out": len(held)},
+        "steps": step,
+        "minutes": args.minutes,
+        "batch_size": args.batch_size,
+        "history": history,
+        "samples": samples,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
