@@ -80,6 +80,22 @@ def per_token(lm, soft: torch.Tensor, batch: list[Example]) -> list[float]:  # t
     return (sums / counts.clamp(min=1)).tolist()
 
 
+def reconstructions(lm, token: ItemToken, texts: list[str], vectors: torch.Tensor) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Greedy text written from each item's soft token, beside the item."""
+    token.eval()
+    samples = []
+    params = GenerationParams(max_tokens=40, temperature=0.0)
+    turns = [ChatTurn("system", SYSTEM), ChatTurn("user", REQUEST)]
+    for text, vector in zip(texts, vectors, strict=True):
+        with torch.no_grad():
+            soft = token(vector[None])[0].numpy().astype(np.float32)
+        prompt = build_soft_prompt(lm.chat_template, turns, soft, lm.special_tokens)
+        written = "".join(c.text for c in lm.stream(prompt, params)).strip()
+        samples.append({"item": text, "from its soft token": written})
+        print(f"- {text!r}\n  -> {written!r}", flush=True)
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0)
@@ -142,17 +158,7 @@ def main() -> None:
     bar.close()
     history.append({"step": step, **held_out_gap()})
     print(history[-1], flush=True)
-    token.eval()
-    samples = []
-    params = GenerationParams(max_tokens=40, temperature=0.0)
-    for i in range(6):
-        turns = [ChatTurn("system", SYSTEM), ChatTurn("user", REQUEST)]
-        with torch.no_grad():
-            soft = token(held_x[[i]])[0].numpy().astype(np.float32)
-        prompt = build_soft_prompt(lm.chat_template, turns, soft, lm.special_tokens)
-        text = "".join(c.text for c in lm.stream(prompt, params)).strip()
-        samples.append({"item": held[i], "from its soft token": text})
-        print(f"- {held[i]!r}\n  -> {text!r}", flush=True)
+    samples = reconstructions(lm, token, held[:6], held_x[:6])
     result = {
         "items": {"train": len(train), "held_out": len(held)},
         "steps": step,
