@@ -101,6 +101,9 @@ class TeacherOptions(BaseModel):
     """held-out requests per evaluation user"""
     train_per_user: int = Field(default=4, ge=1)
     """training requests per training user"""
+    train_users: int | None = Field(default=None, ge=1)
+    """answer for only the first N training users (corpora in turn), with --train-per-user
+    requests each: several answers per user for fewer users (default: every training user)"""
     wording: str = DEFAULT_WORDING
     """the teacher prompt's wording (curp_chain.tasks.assist.WORDINGS)"""
     max_new_tokens: int = Field(default=64, ge=8)
@@ -316,7 +319,7 @@ def plan_pairs(options: TeacherOptions) -> tuple[list[Pair], list[AssistUser]]:
             for u, r in pair_order(chosen, requests, options.eval_per_user, options.seed)
         ]
     if options.split in ("all", "train"):
-        ordered = interleave_users(train_users, options.seed)
+        ordered = interleave_users(train_users, options.seed)[: options.train_users]
         requests = load_requests("train")
         pairs += [
             (u, r, "train")

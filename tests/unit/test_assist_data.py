@@ -157,6 +157,8 @@ def test_pairs_go_round_robin_over_users_with_requests_of_different_kinds() -> N
     picks = requests_for("pan19:3", requests, 4)
     assert picks == requests_for("pan19:3", requests, 4)
     assert len({r.kind for r in picks}) == 4
+    # More requests per user extend the same list: answers already cached are reused.
+    assert requests_for("pan19:3", requests, 12)[:4] == picks
 
 
 def _record(key: str, user_id: str, scores: AnswerScores, split: str = "train") -> dict:
