@@ -249,18 +249,20 @@ def _failed_test(
     *,
     threshold: float,
     stands_out: float,
-    bar: tuple[float, str],
+    bar: float,
+    tools: str,
     no_tool: float,
     likeness: float,
 ) -> str | None:
     """The first of the module docstring's tests that the best tool (its similarity
-    ``score`` to the request) fails, in words; None when it passes them all."""
+    ``score`` to the request) fails, in words; None when it passes them all. ``bar`` is the
+    z-score to reach with ``tools`` bound ("5 tools")."""
     if score < threshold:
         return f"no tool reaches the threshold {threshold}"
-    if stands_out < bar[0]:
+    if stands_out < bar:
         return (
             f"{best} stands out from its everyday scores by {stands_out:.2f} standard "
-            f"deviations, under the bar of {bar[0]:.2f} for {bar[1]}"
+            f"deviations, under the bar of {bar:.2f} for {tools}"
         )
     if score < no_tool + NO_TOOL_MARGIN:
         return (
@@ -318,7 +320,8 @@ def decide(
         score,
         threshold=threshold,
         stands_out=stands_out,
-        bar=(bar, tools),
+        bar=bar,
+        tools=tools,
         no_tool=float((intents @ asked[part]).max()),
         likeness=everyday_likeness(asked[part], everyday),
     )
