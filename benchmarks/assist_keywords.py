@@ -70,18 +70,27 @@ def keywords(users: Sequence[AssistUser], background: Sequence[AssistUser], k: i
     return chosen
 
 
+def evaluation_words(
+    k: int, limit: int | None = None
+) -> tuple[list[TaskExample], dict[str, list[str]], dict[str, list[str]]]:
+    """The evaluation pairs of `curp eval assist` (the first ``limit``), each evaluated user's
+    ``k`` words, and for each user another evaluated user's words."""
+    data = default_data_dir()
+    examples = AssistTask().eval_examples(data, "dev")[:limit]
+    held_out = {u.user_id: u for u in load_users(data, "held_out")}
+    evaluated = sorted({e.user_id for e in examples})
+    words_of = keywords([held_out[u] for u in evaluated], load_users(data, "train"), k)
+    other = {u: words_of[evaluated[(i + 7) % len(evaluated)]] for i, u in enumerate(evaluated)}
+    return examples, words_of, other
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keywords", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    data = default_data_dir()
-    examples = AssistTask().eval_examples(data, "dev")
-    held_out = {u.user_id: u for u in load_users(data, "held_out")}
-    evaluated = sorted({e.user_id for e in examples})
-    words_of = keywords([held_out[u] for u in evaluated], load_users(data, "train"), args.keywords)
-    other = {u: words_of[evaluated[(i + 7) % len(evaluated)]] for i, u in enumerate(evaluated)}
+    examples, words_of, other = evaluation_words(args.keywords)
     backend = open_llamacpp_backend(n_threads=args.threads)
     params = GenerationParams(max_tokens=64, temperature=0.0, stop=("\n\n",))
 
