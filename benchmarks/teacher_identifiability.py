@@ -1,13 +1,14 @@
 """How much of its user the teacher's training answers carry, for users with many answers.
 
-    python benchmarks/teacher_identifiability.py [--train-users 60] [--json PATH]
+    python benchmarks/teacher_identifiability.py [--train-users 60] [--min-answers 0] [--json PATH]
 
 A student can learn from the teacher's answers only as much of the user as they hold. For
 the first N training users (the ones `python -m curp_chain.training.teacher --train-users N
 --train-per-user 12` answers many requests for), each cached answer is scored as `curp eval
 assist` scores a reply (curp_chain.eval.assist): is its user the nearest of the N by history
 centroid (encoder) and by TF-IDF (lexical)? All answers and the kept ones, with the number
-kept per user and the number a stricter tailored bar keeps.
+kept per user and the number a stricter tailored bar keeps. ``--min-answers K`` keeps only
+the users with at least K kept answers, as `benchmarks/per_user_prompts.py` does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from curp_chain.data.users import default_data_dir
@@ -29,17 +31,20 @@ from curp_chain.tasks.assist import (
     load_requests,
     load_users,
 )
-from curp_chain.tasks.assist_task import answers_dir, read_answers
+from curp_chain.tasks.assist_task import answers_dir, kept_answers, read_answers
 from curp_chain.tasks.base import ProfileItem, TaskExample
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-users", type=int, default=60)
+    parser.add_argument("--min-answers", type=int, default=0, help="kept answers a user needs")
     parser.add_argument("--strict-tailored", type=float, default=0.1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     users = interleave_users(load_users(default_data_dir(), "train"))[: args.train_users]
+    kept = Counter(r["user_id"] for r in kept_answers(answers_dir(), "train"))
+    users = [u for u in users if kept[u.user_id] >= args.min_answers]
     by_id = {u.user_id: u for u in users}
     requests = {r.id: r for r in load_requests("all")}
     records = [
