@@ -29,6 +29,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 from curp_chain.data.jsonl import read_jsonl
 from curp_chain.data.users import default_cache_dir, text_key
 from curp_chain.errors import CurpError
-from curp_chain.interfaces.protocols import GenerationParams, SoftPromptBackend
+from curp_chain.interfaces.protocols import GenerationParams, SoftPrompt, SoftPromptBackend
 from curp_chain.model.encoder import SentenceEncoder
 from curp_chain.runtime.defaults import open_llamacpp_backend
 from curp_chain.runtime.prompt import build_soft_prompt
@@ -108,6 +109,12 @@ class TeacherOptions(BaseModel):
     """the teacher prompt's wording (curp_chain.tasks.assist.WORDINGS)"""
     max_new_tokens: int = Field(default=64, ge=8)
     """output limit of one answer"""
+    samples: int = Field(default=1, ge=1)
+    """answers drawn per pair: the greedy one, then samples - 1 at --temperature; the most
+    tailored one that passes the filters is stored (best of n; use a --cache folder of its
+    own, since a folder holds answers of one setting)"""
+    temperature: float = Field(default=0.8, gt=0)
+    """temperature of the sampled answers (with --samples above 1)"""
     n_ctx: int = Field(default=2048, ge=512)
     """teacher context window in tokens"""
     progress: bool = True
@@ -135,6 +142,8 @@ class TeacherCache:
     def __init__(self, path: str | Path, *, siblings: bool = True):
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
+        self.settings: set[str] = set()
+        """The generation settings of every answer in the folder."""
         self._pairs: set[tuple[str, str, str, str]] = set()
         # Other processes' shards write beside this file: their pairs are answered too.
         others = sorted(self.path.parent.glob("*.jsonl")) if siblings else []
@@ -149,6 +158,8 @@ class TeacherCache:
     def _index(self, record: dict[str, Any], *, own: bool = True) -> None:
         if own:
             self.records[record["key"]] = record
+        if "settings" in record:
+            self.settings.add(record["settings"])
         self._pairs.add(
             (record["teacher"], record["wording"], record["user_id"], record["request_id"])
         )
@@ -187,6 +198,17 @@ class TeacherCache:
         ]
 
 
+def check_cache_settings(cache: TeacherCache, settings: str) -> None:
+    """Refuse a cache folder that holds answers of other settings: a pair answered there is
+    not answered again, and readers take one answer per pair, so the settings would mix."""
+    other = sorted(cache.settings - {settings})
+    if other:
+        raise CurpError(
+            f"{cache.path.parent} holds teacher answers made with other settings "
+            f"({'; '.join(other)}), not {settings}: pass a --cache in a folder of its own"
+        )
+
+
 def default_cache_path(cache_dir: str | Path | None, teacher: str) -> Path:
     """``<cache-dir>/assist-teacher-<teacher slug>.jsonl``."""
     slug = "".join(c if c.isalnum() or c == "." else "-" for c in teacher.lower()).strip("-")
@@ -194,6 +216,19 @@ def default_cache_path(cache_dir: str | Path | None, teacher: str) -> Path:
 
 
 # --- the teacher ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One answer the teacher drew for a pair, with its scores."""
+
+    raw: str
+    answer: str
+    finish: str
+    seconds: float
+    usage: dict[str, Any]
+    scores: AnswerScores
+    kept: bool
 
 
 class Teacher:
@@ -207,6 +242,9 @@ class Teacher:
         wording: str = DEFAULT_WORDING,
         max_new_tokens: int = 64,
         panel: dict[str, list[tuple[str, torch.Tensor]]] | None = None,
+        samples: int = 1,
+        temperature: float = 0.8,
+        filters: AssistFilters | None = None,
     ):
         if wording not in WORDINGS:
             raise CurpError(f"unknown wording {wording!r}; choose from {', '.join(WORDINGS)}")
@@ -219,6 +257,11 @@ class Teacher:
         self.params = GenerationParams(max_tokens=max_new_tokens, temperature=0.0, stop=STOP)
         self.teacher_id = backend.model_id
         self.settings = f"greedy,max_tokens={max_new_tokens},no_repeat_ngram_size=4,stop=blank"
+        self.samples = samples
+        self.temperature = temperature
+        if samples > 1:
+            self.settings = f"best_of={samples},temperature={temperature},{self.settings}"
+        self.filters = filters or AssistFilters()
         self.panel = panel or {}
         """corpus -> [(user id, centroid)] of reference users for the tailored score."""
         self._vectors: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -242,8 +285,39 @@ class Teacher:
     def key(self, prompt_text: str) -> str:
         return text_key(f"{self.teacher_id}\n{self.settings}\n{prompt_text}")
 
+    def draw_params(self) -> list[GenerationParams]:
+        """The greedy answer's settings, then one seeded sampling setting per extra sample."""
+        sampled = [
+            replace(self.params, temperature=self.temperature, seed=seed)
+            for seed in range(1, self.samples)
+        ]
+        return [self.params, *sampled]
+
+    def draw(
+        self,
+        prompt: SoftPrompt,
+        params: GenerationParams,
+        request: AssistRequest,
+        shown: Sequence[str],
+        vectors: dict[str, torch.Tensor],
+    ) -> Draw:
+        """One answer to ``prompt``, scored against the request, the shown items and the users
+        in ``vectors`` ("request", "own", "others")."""
+        start = time.monotonic()
+        chunks = list(self.backend.stream(prompt, params))
+        seconds = time.monotonic() - start
+        raw = "".join(c.text for c in chunks)
+        finish = chunks[-1].finish_reason or "stop"
+        answer = clean_answer(raw, finish)
+        vectors = {**vectors, "answer": self.encoder.encode([answer or " "])[0]}
+        scores = answer_scores(answer, finish, request, shown, vectors)
+        kept = not self.filters.reasons(scores)
+        return Draw(raw, answer, finish, seconds, dict(chunks[-1].usage), scores, kept)
+
     def answer(self, user: AssistUser, request: AssistRequest, split: str) -> dict[str, Any]:
-        """The cache record of the teacher's answer to ``request`` for ``user``."""
+        """The cache record of the teacher's answer to ``request`` for ``user``: with several
+        samples, the most tailored kept draw (else the greedy one), the seconds and output
+        tokens of all draws, and each draw's tailored score and verdict under "drawn"."""
         items = candidates(user)
         item_vectors = self.item_vectors(user)
         request_vector = self.encoder.encode([request.text])[0]
@@ -252,21 +326,13 @@ class Teacher:
         prompt = build_soft_prompt(
             self.backend.chat_template, turns, None, self.backend.special_tokens
         )
-        start = time.monotonic()
-        chunks = list(self.backend.stream(prompt, self.params))
-        seconds = time.monotonic() - start
-        raw = "".join(c.text for c in chunks)
-        finish = chunks[-1].finish_reason or "stop"
-        answer = clean_answer(raw, finish)
-        vectors = {
-            "answer": self.encoder.encode([answer or " "])[0],
-            "request": request_vector,
-            "own": centroid(item_vectors),
-            "others": self.others(user),
-        }
-        scores = answer_scores(answer, finish, request, [shown_text(i) for i in shown], vectors)
-        usage = chunks[-1].usage
-        return {
+        vectors = {"request": request_vector, "own": centroid(item_vectors)}
+        vectors["others"] = self.others(user)
+        texts = [shown_text(i) for i in shown]
+        draws = [self.draw(prompt, p, request, texts, vectors) for p in self.draw_params()]
+        kept = [d for d in draws if d.kept]
+        best = max(kept, key=lambda d: d.scores.tailored) if kept else draws[0]
+        record = {
             "key": self.key(prompt.before + prompt.after),
             "teacher": self.teacher_id,
             "settings": self.settings,
@@ -277,16 +343,19 @@ class Teacher:
             "request_id": request.id,
             "kind": request.kind,
             "shown": [i.id for i in shown],
-            "raw": raw,
-            "answer": answer,
-            "finish": finish,
-            "scores": scores.model_dump(),
-            "seconds": round(seconds, 3),
+            "raw": best.raw,
+            "answer": best.answer,
+            "finish": best.finish,
+            "scores": best.scores.model_dump(),
+            "seconds": round(sum(d.seconds for d in draws), 3),
             "tokens": {
-                "input": int(usage.get("input_tokens", 0)),
-                "output": int(usage.get("output_tokens", 0)),
+                "input": int(best.usage.get("input_tokens", 0)),
+                "output": sum(int(d.usage.get("output_tokens", 0)) for d in draws),
             },
         }
+        if len(draws) > 1:
+            record["drawn"] = [{"tailored": d.scores.tailored, "kept": d.kept} for d in draws]
+        return record
 
 
 def reference_panel(
@@ -417,8 +486,11 @@ def run(options: TeacherOptions) -> dict[str, int]:
         wording=options.wording,
         max_new_tokens=options.max_new_tokens,
         panel=reference_panel(encoder, train_users, seed=options.seed),
+        samples=options.samples,
+        temperature=options.temperature,
     )
     cache = TeacherCache(options.cache or default_cache_path(options.cache_dir, teacher.teacher_id))
+    check_cache_settings(cache, teacher.settings)
     logger.info("teacher %s, cache %s (%d records)", teacher.teacher_id, cache.path, len(cache))
     return generate(teacher, pairs, cache, limit=options.limit, progress=options.progress)
 
