@@ -1,6 +1,7 @@
 """How much of its user the teacher's training answers carry, for users with many answers.
 
-    python benchmarks/teacher_identifiability.py [--train-users 60] [--min-answers 0] [--json PATH]
+    python benchmarks/teacher_identifiability.py [--train-users 60] [--min-answers 0]
+        [--pairs-of FOLDER] [--json PATH]
 
 A student can learn from the teacher's answers only as much of the user as they hold. For
 the first N training users (the ones `python -m curp_chain.training.teacher --train-users N
@@ -9,6 +10,9 @@ assist` scores a reply (curp_chain.eval.assist): is its user the nearest of the 
 centroid (encoder) and by TF-IDF (lexical)? All answers and the kept ones, with the number
 kept per user and the number a stricter tailored bar keeps. ``--min-answers K`` keeps only
 the users with at least K kept answers, as `benchmarks/per_user_prompts.py` does.
+``--pairs-of FOLDER`` keeps only the (user, request) pairs that the answers in FOLDER answer:
+the greedy answers to the pairs a best-of-n run (`--samples N`) answered, to compare the two.
+Each answer also reports its tailored score (mean, and the share of kept answers).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-users", type=int, default=60)
     parser.add_argument("--min-answers", type=int, default=0, help="kept answers a user needs")
+    parser.add_argument("--pairs-of", type=Path, help="only the pairs answered in this folder")
     parser.add_argument("--strict-tailored", type=float, default=0.1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -52,6 +57,9 @@ def main() -> None:
         for r in read_answers(answers_dir())
         if r.get("split") == "train" and r["user_id"] in by_id and r.get("answer")
     ]
+    if args.pairs_of:
+        pairs = {(r["user_id"], r["request_id"]) for r in read_answers(args.pairs_of)}
+        records = [r for r in records if (r["user_id"], r["request_id"]) in pairs]
     examples = [
         TaskExample(
             id=r["key"],
@@ -74,8 +82,15 @@ def main() -> None:
     ):
         chosen = [s for s, r in zip(scores, records, strict=True) if keep(r)]
         per_user = [sum(keep(r) for r in records if r["user_id"] == u.user_id) for u in users]
-        result[name] = summary(chosen) | {"per_user_median": statistics.median(per_user)}
-        shown = {m: round(result[name][m], 3) for m in ("n", "top1", "top1_lexical", "gain")}
+        tailored = [r["scores"]["tailored"] for r in records if keep(r)]
+        result[name] = summary(chosen) | {
+            "per_user_median": statistics.median(per_user),
+            "tailored_mean": statistics.fmean(tailored) if tailored else 0.0,
+        }
+        shown = {
+            m: round(result[name][m], 3)
+            for m in ("n", "top1", "top1_lexical", "gain", "tailored_mean")
+        }
         print(f"{name}: {shown}, per user (median) {result[name]['per_user_median']}")
     print(f"chance {result['chance']:.3f}")
     if args.json:

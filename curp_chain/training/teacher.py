@@ -256,11 +256,12 @@ class Teacher:
         # answer has no room for (the pilot's answers ran into the limit that way).
         self.params = GenerationParams(max_tokens=max_new_tokens, temperature=0.0, stop=STOP)
         self.teacher_id = backend.model_id
-        self.settings = f"greedy,max_tokens={max_new_tokens},no_repeat_ngram_size=4,stop=blank"
+        limits = f"max_tokens={max_new_tokens},no_repeat_ngram_size=4,stop=blank"
+        self.settings = f"greedy,{limits}"
         self.samples = samples
         self.temperature = temperature
-        if samples > 1:
-            self.settings = f"best_of={samples},temperature={temperature},{self.settings}"
+        if samples > 1:  # the greedy answer and samples - 1 sampled ones
+            self.settings = f"best_of={samples},temperature={temperature},{limits}"
         self.filters = filters or AssistFilters()
         self.panel = panel or {}
         """corpus -> [(user id, centroid)] of reference users for the tailored score."""
