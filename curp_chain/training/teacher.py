@@ -327,8 +327,11 @@ class Teacher:
         prompt = build_soft_prompt(
             self.backend.chat_template, turns, None, self.backend.special_tokens
         )
-        vectors = {"request": request_vector, "own": centroid(item_vectors)}
-        vectors["others"] = self.others(user)
+        vectors = {
+            "request": request_vector,
+            "own": centroid(item_vectors),
+            "others": self.others(user),
+        }
         texts = [shown_text(i) for i in shown]
         draws = [self.draw(prompt, p, request, texts, vectors) for p in self.draw_params()]
         kept = [d for d in draws if d.kept]
