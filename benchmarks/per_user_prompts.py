@@ -67,18 +67,22 @@ class OffsetState:
 
     def __init__(self, path: Path | None, users: list[str], shape: torch.Size):
         self.path = path
-        self.step = 0
         self.losses: list[float] = []
+        """One a step taken, so their number is the step count."""
         self.offsets = torch.zeros(len(users), *shape)
         self.users = users
         if path and path.with_suffix(".json").exists():
             meta = json.loads(path.with_suffix(".json").read_text())
             if meta["users"] != users:
                 raise SystemExit(f"{path}: saved for other users; remove it or pick another")
-            self.step, self.losses = meta["step"], meta["losses"]
+            self.losses = meta["losses"]
             self.offsets = load_file(path.with_suffix(".safetensors"))["offsets"]
             print(f"resumed at step {self.step}")
         self.offsets.requires_grad_(True)
+
+    @property
+    def step(self) -> int:
+        return len(self.losses)
 
     def save(self) -> None:
         if self.path is None:
@@ -108,7 +112,6 @@ def train_offsets(
         loss.backward()
         optimizer.step()
         state.losses.append(round(loss.item(), 4))
-        state.step += 1
         bar.n = int(time.monotonic() - start)
         bar.set_postfix(step=state.step, loss=f"{statistics.fmean(state.losses[-20:]):.3f}")
         if time.monotonic() - saved > 60:
