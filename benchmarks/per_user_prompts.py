@@ -1,7 +1,7 @@
 """Can SmolLM2-135M learn a real user from a few teacher answers? Per-user soft prompts.
 
     python benchmarks/per_user_prompts.py [--train-users 60] [--min-answers 0] [--minutes 12]
-        [--state PATH] [--json PATH]
+        [--eval-every 0] [--state PATH] [--json PATH]
 
 The issue's free per-user vectors made SmolLM2 answer for eight users with unmistakable
 histories. This asks the same of real users (PAN, Reddit, Enron), with no encoder and no
@@ -69,6 +69,8 @@ class OffsetState:
         self.path = path
         self.losses: list[float] = []
         """One a step taken, so their number is the step count."""
+        self.curve: list[dict[str, float]] = []
+        """Held-out gold loss every ``--eval-every`` steps."""
         self.offsets = torch.zeros(len(users), *shape)
         self.users = users
         if path and path.with_suffix(".json").exists():
@@ -76,6 +78,7 @@ class OffsetState:
             if meta["users"] != users:
                 raise SystemExit(f"{path}: saved for other users; remove it or pick another")
             self.losses = meta["losses"]
+            self.curve = meta.get("curve", [])
             self.offsets = load_file(path.with_suffix(".safetensors"))["offsets"]
             print(f"resumed at step {self.step}")
         self.offsets.requires_grad_(True)
@@ -91,14 +94,20 @@ class OffsetState:
         save_file(
             {"offsets": self.offsets.detach().contiguous()}, self.path.with_suffix(".safetensors")
         )
-        meta = {"users": self.users, "step": self.step, "losses": self.losses}
+        meta = {"users": self.users, "step": self.step, "losses": self.losses, "curve": self.curve}
         self.path.with_suffix(".json").write_text(json.dumps(meta) + "\n")
 
 
 def train_offsets(
-    lm: Any, base: torch.Tensor, examples: list[Example], state: OffsetState, args: Any
+    lm: Any,
+    base: torch.Tensor,
+    examples: list[Example],
+    state: OffsetState,
+    args: Any,
+    held_out: list[Example],
 ) -> torch.Tensor:
-    """(U, T, H) per-user offsets on ``base``, trained on each user's answers."""
+    """(U, T, H) per-user offsets on ``base``, trained on each user's answers. Every
+    ``--eval-every`` steps the held-out answers are scored, so overfitting shows as it starts."""
     index = {u: i for i, u in enumerate(state.users)}
     optimizer = torch.optim.Adam([state.offsets], lr=args.lr)
     start, saved = time.monotonic(), time.monotonic()
@@ -112,6 +121,10 @@ def train_offsets(
         loss.backward()
         optimizer.step()
         state.losses.append(round(loss.item(), 4))
+        if args.eval_every and held_out and state.step % args.eval_every == 0:
+            point = held_out_loss(lm, base, state.offsets.detach(), held_out, state.users)
+            state.curve.append({"step": state.step, **point})
+            tqdm.write(f"step {state.step}: held-out {json.dumps(point)}")
         bar.n = int(time.monotonic() - start)
         bar.set_postfix(step=state.step, loss=f"{statistics.fmean(state.losses[-20:]):.3f}")
         if time.monotonic() - saved > 60:
@@ -233,6 +246,7 @@ def main() -> None:
     parser.add_argument("--asked-per-user", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--eval-every", type=int, default=0, help="steps between held-out scores")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--state", type=Path, help="resumable offsets (no suffix)")
     parser.add_argument("--json", type=Path)
@@ -245,7 +259,7 @@ def main() -> None:
     base = load_task_prompt(f"{ASSIST_CHECKPOINT}-task").vectors.detach()
     lm = open_hf_backend()
     state = OffsetState(args.state, ids, base.shape)
-    offsets = train_offsets(lm, base, examples, state, args)
+    offsets = train_offsets(lm, base, examples, state, args, held_out)
     result: dict[str, Any] = {
         "users": len(ids),
         "answers": len(examples),
@@ -256,6 +270,7 @@ def main() -> None:
             statistics.fmean(state.losses[-20:]),
         ],
         "held-out answers": held_out_loss(lm, base, offsets, held_out, ids),
+        "held-out curve": state.curve,
     }
     print("held-out answers", result["held-out answers"], flush=True)
     result.update(
