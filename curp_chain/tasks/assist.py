@@ -15,7 +15,8 @@ codes alone.
   train and AESLC train; held-out users are PAN's held-out split, Reddit dev and AESLC dev.
   Ids carry their corpus (``pan19:``, ``reddit:``, ``aeslc:``).
 - **Prompt**: the system message shows up to :data:`MAX_SHOWN` of the user's items, the ones
-  nearest the request first, then the newest; the user turn is the request.
+  nearest the request first, then the newest (or, with the teacher's ``--shown typical``, the
+  ones nearest the user's centroid, whatever the request); the user turn is the request.
 - **Checks**: every answer is stored with its scores (:class:`AnswerScores`), and
   :class:`AssistFilters` decides from the scores alone, so thresholds can change without
   generating again.
@@ -325,6 +326,19 @@ def select_items(
         if index not in chosen:
             chosen.append(index)
     return [items[i] for i in chosen[:max_shown]]
+
+
+def typical_items(
+    items: Sequence[ProfileItem], item_vectors: torch.Tensor, *, max_shown: int = MAX_SHOWN
+) -> list[ProfileItem]:
+    """The ``max_shown`` items nearest the user's centroid, most typical first: the same for
+    every request, so all of a user's answers draw on what their history is mostly about
+    rather than on the one item nearest each request."""
+    if len(items) != len(item_vectors):
+        raise CurpError(f"{len(items)} items but {len(item_vectors)} vectors")
+    similarity = item_vectors @ centroid(item_vectors)
+    order = similarity.argsort(descending=True, stable=True).tolist()
+    return [items[i] for i in order[:max_shown]]
 
 
 def teacher_turns(

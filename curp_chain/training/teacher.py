@@ -63,6 +63,7 @@ from curp_chain.tasks.assist import (
     select_items,
     shown_text,
     teacher_turns,
+    typical_items,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ class TeacherOptions(BaseModel):
     requests each: several answers per user for fewer users (default: every training user)"""
     wording: str = DEFAULT_WORDING
     """the teacher prompt's wording (curp_chain.tasks.assist.WORDINGS)"""
+    shown: Literal["request", "typical"] = "request"
+    """which items the teacher sees: request (those nearest the request, then the newest) or
+    typical (those nearest the user's centroid, the same for every request; a --cache folder
+    of its own)"""
     max_new_tokens: int = Field(default=64, ge=8)
     """output limit of one answer"""
     samples: int = Field(default=1, ge=1)
@@ -245,6 +250,7 @@ class Teacher:
         samples: int = 1,
         temperature: float = 0.8,
         filters: AssistFilters | None = None,
+        shown: Literal["request", "typical"] = "request",
     ):
         if wording not in WORDINGS:
             raise CurpError(f"unknown wording {wording!r}; choose from {', '.join(WORDINGS)}")
@@ -262,6 +268,9 @@ class Teacher:
         self.temperature = temperature
         if samples > 1:  # the greedy answer and samples - 1 sampled ones
             self.settings = f"best_of={samples},temperature={temperature},{limits}"
+        self.shown = shown
+        if shown != "request":  # request-picked answers keep the keys they were cached under
+            self.settings += f",shown={shown}"
         self.filters = filters or AssistFilters()
         self.panel = panel or {}
         """corpus -> [(user id, centroid)] of reference users for the tailored score."""
@@ -322,7 +331,10 @@ class Teacher:
         items = candidates(user)
         item_vectors = self.item_vectors(user)
         request_vector = self.encoder.encode([request.text])[0]
-        shown = select_items(items, item_vectors, request_vector)
+        if self.shown == "typical":
+            shown = typical_items(items, item_vectors)
+        else:
+            shown = select_items(items, item_vectors, request_vector)
         turns = teacher_turns(request, shown, self.wording)
         prompt = build_soft_prompt(
             self.backend.chat_template, turns, None, self.backend.special_tokens
@@ -492,6 +504,7 @@ def run(options: TeacherOptions) -> dict[str, int]:
         panel=reference_panel(encoder, train_users, seed=options.seed),
         samples=options.samples,
         temperature=options.temperature,
+        shown=options.shown,
     )
     cache = TeacherCache(options.cache or default_cache_path(options.cache_dir, teacher.teacher_id))
     check_cache_settings(cache, teacher.settings)

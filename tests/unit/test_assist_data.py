@@ -29,6 +29,7 @@ from curp_chain.tasks.assist import (
     requests_for,
     select_items,
     teacher_turns,
+    typical_items,
 )
 from curp_chain.tasks.assist_task import kept_answers, read_answers
 from curp_chain.tasks.base import ProfileItem, TaskDataError
@@ -129,6 +130,15 @@ def test_items_nearest_the_request_come_first_then_the_newest() -> None:
     vectors[5] = _unit(1.0, 0.2, 0.0)
     shown = select_items(items, vectors, _unit(1.0, 0.0, 0.0), max_shown=4, by_similarity=2)
     assert [i.id for i in shown] == ["2", "5", "9", "8"]
+
+
+def test_typical_items_are_those_nearest_the_centroid_whatever_the_request() -> None:
+    items = [ProfileItem(str(i), f"item {i}") for i in range(6)]
+    vectors = torch.stack([_unit(1.0, 0.1 * i, 0.0) for i in range(5)] + [_unit(0.0, 0.0, 1.0)])
+    shown = typical_items(items, vectors, max_shown=3)
+    assert [i.id for i in shown] == ["2", "1", "3"]  # the middle of the cluster; never "5"
+    with pytest.raises(CurpError, match="vectors"):
+        typical_items(items, vectors[:4])
 
 
 def test_the_prompt_shows_the_items_and_ends_with_the_request() -> None:
