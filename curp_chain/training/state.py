@@ -8,13 +8,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
-
-from curp_chain.training.loss import SoftTokenSource
+from torch import Tensor, nn
 
 
 def save_state(
-    folder: Path, source: SoftTokenSource, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    folder: Path, source: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
     """Trainable weights, optimizer moments (safetensors) and counters (JSON); no pickle."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -34,7 +32,7 @@ def save_state(
 
 
 def load_state(
-    folder: Path, source: SoftTokenSource, optimizer: torch.optim.Optimizer
+    folder: Path, source: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any] | None:
     """Restore what :func:`save_state` wrote; None when ``folder`` holds no state."""
     if not (folder / "state.json").is_file():
