@@ -5,9 +5,11 @@ maya is a marathon runner who texts in lowercase, with "lol" and no apostrophes;
 fantasy novels, bakes sourdough and writes formal, punctuated prose. Both send:
 
 - **everyday requests** with no system message ("What should I cook for dinner tonight?"):
-  the model answers *them*, shaped by what their history says (the assist checkpoint). Beside
-  each reply: which user's history its content is nearest (all-MiniLM-L6-v2 cosine to the mean
-  of each user's items), and the same for the reply to no user;
+  the model answers *them*, shaped by what their history says (the assist checkpoint: its
+  soft tokens, and a few words read off the codes of their items nearest the request, placed
+  before it). Beside each reply: those words, and which user's history its content is nearest
+  (all-MiniLM-L6-v2 cosine to the mean of each user's items), and the same for the reply to
+  no user;
 - **write-as-the-user requests**, the three kinds the write checkpoint was trained for, each
   with the system message and instruction it was trained with (rewrite a tweet as its author
   would, write the subject line of an email, reply to a Reddit post: ``curp_chain.tasks``).
@@ -122,8 +124,11 @@ def show(
     """Each user's reply to ``request`` (and the reply to no user), each described."""
     print(label)
     for user_id in (None, *HISTORIES):
-        reply = " ".join(str(model.invoke(request, user_id=user_id).content).split())
+        message = model.invoke(request, user_id=user_id)
+        reply = " ".join(str(message.content).split())
         print(f"  [{user_id or 'no user'}] {reply}")
+        if words := message.response_metadata["curp"]["words"]:
+            print(f"      words read off the codes of their items: {', '.join(words)}")
         print(f"      {describe(reply)}")
     print()
 

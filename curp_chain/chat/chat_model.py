@@ -72,8 +72,19 @@ from curp_chain.model.checkpoint import (
     load_checkpoint,
 )
 from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.model.item_words import (
+    ItemWordDecoder,
+    check_item_words,
+    has_item_words,
+    load_item_words,
+)
+from curp_chain.model.user_model import CurpUserModel
 from curp_chain.personalization.memory import TurnRecorder
-from curp_chain.personalization.personalizer import Personalization, Personalizer
+from curp_chain.personalization.personalizer import (
+    Personalization,
+    Personalizer,
+    with_request_words,
+)
 from curp_chain.runtime.defaults import open_backend, open_store, shared
 from curp_chain.runtime.prompt import (
     ChatTurn,
@@ -510,11 +521,23 @@ class CurpChatModel(BaseChatModel):
                 store = self.history_store or shared(
                     ("store", self.store_url), lambda: open_store(self.store_url)
                 )
-                self._personalizers[checkpoint] = Personalizer(user_model, encoder, store)
+                item_words = self._item_words(checkpoint, user_model)
+                self._personalizers[checkpoint] = Personalizer(
+                    user_model, encoder, store, item_words
+                )
             personalizer = self._personalizers[checkpoint]
         if route == "assist" and checkpoint != self._checkpoint_of("write"):
             self._check_shared_codebook(personalizer, self.get_personalizer("write"))
         return personalizer
+
+    @staticmethod
+    def _item_words(checkpoint: str, user_model: CurpUserModel) -> ItemWordDecoder | None:
+        """The checkpoint's item-word decoder, when it has one (an assist checkpoint)."""
+        if not has_item_words(checkpoint):
+            return None
+        decoder = shared(("item_words", checkpoint), lambda: load_item_words(checkpoint))
+        check_item_words(decoder, user_model)
+        return decoder
 
     def _check_shared_codebook(self, assist: Personalizer, write: Personalizer) -> None:
         """Stored codes name the codebook that made them: two routes with different
@@ -681,6 +704,7 @@ class CurpChatModel(BaseChatModel):
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         personalization = personalizer.personalize(kwargs.get("user_id", self.user_id), query)
+        turns = with_request_words(turns, personalization.words)
         turns = with_default_system(
             turns,
             self.default_system_message,
@@ -886,6 +910,7 @@ class CurpChatModel(BaseChatModel):
             "history_items": personalization.history_items,
             "soft_tokens": usage["soft_tokens"],
             "prototypes": personalization.prototypes,
+            "words": list(personalization.words),
             "checkpoint_trained": config.trained,
             "mode": request.route,
         }

@@ -177,9 +177,10 @@ def _assist_report(run: Any, options: EvalOptions) -> dict[str, Any]:
     )
     print("\nPersonalization of the replies (held-out users and requests):\n")
     print(assist_report.table(scores, tokens, chance))
-    paired = assist_report.paired_scores(scores)
+    reference = "curp-words" if "curp-words" in scores else "curp"
+    paired = assist_report.paired_scores(scores, reference)
     if paired:
-        print("\nPaired over the same requests (curp minus each method):\n\n" + paired)
+        print(f"\nPaired over the same requests ({reference} minus each method):\n\n{paired}")
     if options.plot:
         assist_report.plot(scores, tokens, chance, options.plot)
     return assist_report.results(scores, tokens, chance)

@@ -1,8 +1,9 @@
 """`curp train ...`: the training stages as subcommands.
 
-``register(subparsers)`` adds ``train sources``, ``train codebook`` and ``train projector``
-to the ``curp`` command line. Every stage takes ``--config FILE`` (JSON or TOML, keys named
-like the options with underscores); options given on the command line win over the file.
+``register(subparsers)`` adds ``train sources``, ``train codebook``, ``train projector`` and
+``train words`` to the ``curp`` command line. Every stage takes ``--config FILE`` (JSON or
+TOML, keys named like the options with underscores); options given on the command line win
+over the file.
 The options a run used are saved beside its output as ``train_config.json``, which
 ``--config`` accepts to repeat the run exactly.
 """
@@ -27,6 +28,7 @@ from curp_chain.training.options import (
     ProjectorOptions,
     SourcesOptions,
     StageOptions,
+    WordsOptions,
     as_dict,
 )
 
@@ -138,6 +140,14 @@ _DESCRIPTIONS = {
         "GPU; for several, start it with `accelerate launch -m curp_chain.cli.train "
         "train projector ...`.",
     ),
+    "words": (
+        "train the item-word decoder an assist checkpoint places before everyday requests",
+        "Train a linear decoder from an item's codes (through the codebook) to the words it "
+        "holds, on the items of the everyday-answer training users (PAN tweets, Reddit "
+        "posts, Enron subject lines); no LLM is involved. Serving, the words of the user's "
+        "items nearest an everyday request stand before it. Writes item_words.safetensors "
+        'and item_words.json into --out (docs/training.md, "Item words").',
+    ),
 }
 
 
@@ -232,6 +242,17 @@ def cmd_projector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_words(args: argparse.Namespace) -> int:
+    from curp_chain.training.item_words import train_item_words
+
+    options = resolve_options(args)
+    assert isinstance(options, WordsOptions)
+    summary = train_item_words(options, command_line())
+    print(json.dumps(summary["history"][-1], indent=2))
+    print(f"item-word decoder written to {options.out}")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``train`` with its stages to the ``curp`` subcommands."""
     train = subparsers.add_parser(
@@ -245,3 +266,4 @@ def register(subparsers: Any) -> None:
     _add_stage(stages, "sources", cmd_sources)
     _add_stage(stages, "codebook", cmd_codebook)
     _add_stage(stages, "projector", cmd_projector)
+    _add_stage(stages, "words", cmd_words)

@@ -14,6 +14,8 @@ task               a trained task-only soft prompt of the same size (no user inf
 curp-noquery       curp without the query-aware token
 curp-noquant       curp on raw encoder vectors instead of their codebook reconstruction
 curp-shuffled      curp with another user's history (a fixed derangement of the users)
+curp-words         curp, plus words decoded from the codes of the items nearest the request
+curp-words-shuffled  curp-words with another user's history (the same derangement)
 =================  =========================================================================
 """
 
@@ -42,6 +44,16 @@ from curp_chain.model.checkpoint import (
     load_checkpoint,
 )
 from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.model.item_words import (
+    WEIGHTS_FILE as ITEM_WORDS_FILE,
+)
+from curp_chain.model.item_words import (
+    ItemWordDecoder,
+    check_item_words,
+    has_item_words,
+    load_item_words,
+    with_words,
+)
 from curp_chain.model.task_prompt import TaskPrompt, load_task_prompt
 from curp_chain.model.user_model import CurpUserModel
 from curp_chain.personalization.personalizer import Personalizer
@@ -184,6 +196,18 @@ class Resources:
     def personalizer(self) -> Personalizer:
         check_compatible(self.user_model.config, encoder_dim=self.encoder.dim)
         return Personalizer(self.user_model, self.encoder)  # nothing is stored
+
+    @cached_property
+    def item_words(self) -> ItemWordDecoder:
+        """The checkpoint's item-word decoder, checked against its codebook."""
+        folder = self.settings.checkpoint
+        if not has_item_words(folder):
+            raise CheckpointError(
+                f"{folder} has no item-word decoder; train one with curp train words --out {folder}"
+            )
+        decoder = load_item_words(folder)
+        check_item_words(decoder, self.user_model)
+        return decoder
 
     @cached_property
     def task_prompt(self) -> TaskPrompt:
@@ -448,6 +472,43 @@ class CurpShuffledMethod(CurpMethod):
         return self.resources.derangement.get(example.user_id, example)
 
 
+class CurpWordsMethod(CurpMethod):
+    """curp's soft tokens, and before the request the words the item-word decoder reads off
+    the codes of the user's items nearest it (curp_chain.model.item_words)."""
+
+    name = "curp-words"
+
+    def prepare(self) -> None:
+        super().prepare()
+        _ = self.resources.item_words
+
+    def fingerprint(self) -> dict[str, Any]:
+        words = file_digest(self.settings.checkpoint / ITEM_WORDS_FILE)
+        return {**super().fingerprint(), "item_words": words}
+
+    def words(self, owner: TaskExample, query: str) -> list[str]:
+        limit = self.resources.item_words.config.max_items
+        codes = self.resources.personalizer.encode_codes(owner.profile_texts[:limit])
+        return self.resources.personalizer.words_from_codes(
+            self.resources.item_words, codes.tolist(), query
+        )
+
+    def prompt(self, example: TaskExample) -> SoftPrompt | None:
+        turns = request_turns(example)
+        owner = self.owner(example)
+        if not owner.profile:
+            return self.soft_prompt(turns, None)
+        request = turns[-1].content
+        told = with_words(request, self.words(owner, request))
+        return self.soft_prompt([*turns[:-1], ChatTurn("user", told)], self.soft(owner, request))
+
+
+class CurpWordsShuffledMethod(CurpWordsMethod, CurpShuffledMethod):
+    """curp-words with another user's history: must score below ``curp-words``."""
+
+    name = "curp-words-shuffled"
+
+
 class TaskMethod(Method):
     name = "task"
 
@@ -480,6 +541,8 @@ METHODS: dict[str, Callable[[Resources], Method]] = {
         CurpNoQueryMethod,
         CurpNoQuantMethod,
         CurpShuffledMethod,
+        CurpWordsMethod,
+        CurpWordsShuffledMethod,
     )
 }
 """Every method by name, in the order tables list them."""

@@ -25,7 +25,9 @@ from curp_chain.interfaces.history import (
 from curp_chain.interfaces.protocols import HistoryStore, SoftVectors
 from curp_chain.model.encoder import SentenceEncoder
 from curp_chain.model.folded import FoldedUserModel
+from curp_chain.model.item_words import ItemWordDecoder, with_words
 from curp_chain.model.user_model import CurpUserModel
+from curp_chain.runtime.prompt import ChatTurn
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ class Personalization:
     prototypes: list[dict[str, int]] = field(default_factory=list)
     reason: str | None = None
     """Why the reply is not personalized (no user, no history), else None."""
+    words: tuple[str, ...] = ()
+    """Words read off the codes of the user's items nearest the request, placed before it
+    (only with an item-word decoder: curp_chain.model.item_words)."""
 
     @property
     def personalized(self) -> bool:
@@ -50,6 +55,16 @@ def top_prototypes(codes: Sequence[Sequence[int]], limit: int = 8) -> list[dict[
     """The (subspace, prototype) pairs most used across a user's items, most used first."""
     counts = Counter((m, int(k)) for row in codes for m, k in enumerate(row))
     return [{"subspace": m, "prototype": k, "items": n} for (m, k), n in counts.most_common(limit)]
+
+
+def with_request_words(turns: Sequence[ChatTurn], words: Sequence[str]) -> list[ChatTurn]:
+    """``turns`` with ``words`` before the request in the last user turn (unchanged when
+    there are none)."""
+    last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=None)
+    if not words or last_user is None:
+        return list(turns)
+    told = ChatTurn("user", with_words(turns[last_user].content, words))
+    return [*turns[:last_user], told, *turns[last_user + 1 :]]
 
 
 def check_soft_tokens(soft: SoftVectors) -> SoftVectors:
@@ -70,8 +85,10 @@ class Personalizer:
         user_model: CurpUserModel,
         encoder: SentenceEncoder,
         store: HistoryStore | None = None,
+        item_words: ItemWordDecoder | None = None,
     ):
         self.user_model = user_model.eval()
+        self.item_words = item_words
         # The per-request path: the same function as user_model, without its overhead.
         self.folded = FoldedUserModel(self.user_model)
         self.encoder = encoder
@@ -115,9 +132,10 @@ class Personalizer:
             user_id, batch, codes.tolist(), self.codebook_version, replacing=replacing
         )
 
-    def user_codes(self, user_id: str) -> list[ItemCodes]:
-        """The newest items' codes, encoding (once) any made with an older codebook."""
-        limit = self.user_model.config.max_history_items
+    def user_codes(self, user_id: str, limit: int | None = None) -> list[ItemCodes]:
+        """The newest ``limit`` items' codes (the checkpoint's ``max_history_items`` when
+        None), encoding (once) any made with an older codebook."""
+        limit = limit or self.user_model.config.max_history_items
         cached = self.store.get_codes(user_id, self.codebook_version, limit=limit)
         encoded = list(cached.encoded)
         if cached.stale:
@@ -139,19 +157,38 @@ class Personalizer:
         soft = self.folded.soft_tokens(codes_tensor, query_vector, use_query_token=use_query_token)
         return check_soft_tokens(soft.numpy())
 
+    @torch.inference_mode()
+    def words_from_codes(
+        self, decoder: ItemWordDecoder, codes: Sequence[Sequence[int]], query: str
+    ) -> list[str]:
+        """The words ``decoder`` reads off the codes (N, M) of the items nearest ``query``."""
+        if not codes:
+            return []
+        codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))
+        vectors = self.user_model.quantizer.decode(codes_tensor)
+        return decoder.words_for(vectors, self.encoder.encode([query])[0])
+
     def personalize(self, user_id: str | None, query: str) -> Personalization:
         """Soft tokens for ``user_id`` answering ``query``; none (with a reason) when the
         user is unknown or has no history."""
         if user_id is None:
             return Personalization(None, None, reason="no user_id given")
         user_id = validate_user_id(user_id)
-        items = self.user_codes(user_id)
+        limit = self.user_model.config.max_history_items
+        words_limit = self.item_words.config.max_items if self.item_words else 0
+        items = self.user_codes(user_id, max(limit, words_limit))
         if not items:
             return Personalization(None, user_id, reason="user has no history")
-        codes = [item.codes for item in items]
+        newest = sorted(items, key=lambda item: item.item_id, reverse=True)
+        codes = [item.codes for item in newest[:limit]]
+        words: list[str] = []
+        if self.item_words:
+            word_codes = [item.codes for item in newest[:words_limit]]
+            words = self.words_from_codes(self.item_words, word_codes, query)
         return Personalization(
             self.soft_tokens_from_codes(codes, query),
             user_id,
-            history_items=len(items),
+            history_items=len(codes),
             prototypes=top_prototypes(codes),
+            words=tuple(words),
         )

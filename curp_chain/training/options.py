@@ -263,10 +263,39 @@ class ProjectorOptions(GenericDataOptions):
         return self
 
 
+class WordsOptions(StageOptions):
+    """`curp train words`."""
+
+    out: str
+    """folder the item-word decoder is written to: the assist checkpoint it serves with"""
+    checkpoint: str | None = None
+    """the checkpoint whose codebook quantizes the items (default: the bundled one; the
+    decoder only serves checkpoints with the same codebook)"""
+    per_user: int = Field(default=20, ge=1)
+    """newest items of each training user to train on"""
+    held_out_items: int = Field(default=2000, ge=10)
+    """items of held-out users (2 each) that score the decoder after each epoch"""
+    min_users: int = Field(default=3, ge=1)
+    """a vocabulary word is used by at least this many training users (no handles, names
+    or typos)"""
+    vocabulary: int = Field(default=8000, ge=10)
+    """the most used such words kept"""
+    rank: int = Field(default=128, ge=0)
+    """width of the bottleneck before the vocabulary (0: a full linear map), which keeps
+    the decoder small enough to ship"""
+    epochs: int = Field(default=6, ge=1)
+    """passes over the training items"""
+    batch_size: int = Field(default=256, ge=2)
+    """items per Adam step"""
+    lr: float = Field(default=3e-3, gt=0)
+    """Adam learning rate"""
+
+
 STAGES: dict[str, type[StageOptions]] = {
     "sources": SourcesOptions,
     "codebook": CodebookOptions,
     "projector": ProjectorOptions,
+    "words": WordsOptions,
 }
 
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from curp_chain import CurpChatModel
 from curp_chain.errors import CurpError
 from curp_chain.model.checkpoint import ASSIST_CHECKPOINT, DEFAULT_CHECKPOINT, LAMP7_CHECKPOINT
+from curp_chain.model.item_words import with_words
 from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks import RedditTask
 from curp_chain.tasks.assist_task import ASSIST_SYSTEM
@@ -20,6 +21,11 @@ BAKER = [
     "Third sourdough loaf this week, the crumb is finally open.",
     "Fed the starter at 6am, it doubled by noon.",
     "Rye and spelt bread for the farmers market on Saturday.",
+]
+CLIMBER = [
+    "Sent my first V5 at the bouldering gym tonight, forearms are toast.",
+    "New climbing shoes are tight but the edging is unreal.",
+    "Weekend trip to the crag, chalk everywhere.",
 ]
 EVERYDAY = "What should I cook for dinner tonight?"
 
@@ -49,6 +55,29 @@ def test_an_everyday_request_is_answered_from_the_assist_checkpoint(model) -> No
     # The assist system message is what a request without one gets.
     explicit = model.invoke([SystemMessage(ASSIST_SYSTEM), HumanMessage(EVERYDAY)], user_id="baker")
     assert explicit.content == reply.content
+
+
+def test_an_everyday_reply_says_which_words_of_the_history_stand_before_the_request(
+    model,
+) -> None:
+    words = model.invoke(EVERYDAY, user_id="baker").response_metadata["curp"]["words"]
+    decoder = model.get_personalizer("assist").item_words
+    assert decoder is not None and words
+    assert set(words) <= set(decoder.config.vocabulary)
+    prompt = model._prepare([HumanMessage(EVERYDAY)], None, {"user_id": "baker"}).prompt
+    assert with_words(EVERYDAY, words) in prompt.after  # after the soft tokens, before the ask
+    assert model.invoke(EVERYDAY).response_metadata["curp"]["words"] == []  # no user
+    write = model.invoke(EVERYDAY, user_id="baker", mode="write")
+    assert write.response_metadata["curp"]["words"] == []  # the write checkpoint has none
+
+
+def test_two_users_with_different_histories_get_different_words(model) -> None:
+    model.add_history("climber", CLIMBER)
+    words = {
+        user: model.invoke(EVERYDAY, user_id=user).response_metadata["curp"]["words"]
+        for user in ("baker", "climber")
+    }
+    assert words["baker"] != words["climber"]
 
 
 def test_stored_codes_serve_both_checkpoints(model) -> None:
@@ -88,7 +117,8 @@ def test_an_assist_checkpoint_with_another_codebook_is_refused(
     llama_backend, memory_store, tmp_path
 ) -> None:
     other = tmp_path / "other-codebook"
-    shutil.copytree(ASSIST_CHECKPOINT, other)
+    # Without its item-word decoder, which would be refused first for the same reason.
+    shutil.copytree(ASSIST_CHECKPOINT, other, ignore=shutil.ignore_patterns("item_words.*"))
     weights = load_file(other / "model.safetensors")
     weights["quantizer.prototypes"] = weights["quantizer.prototypes"] + 0.01
     save_file(weights, other / "model.safetensors")

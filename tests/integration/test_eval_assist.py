@@ -32,7 +32,7 @@ def test_eval_assist_scores_each_method_and_the_teacher_beside_them(tmp_path: Pa
             "--limit",
             "3",
             "--methods",
-            "none,curp",
+            "none,curp,curp-words,curp-words-shuffled",
             "--no-gold-nll",
             "--max-tokens",
             "24",
@@ -58,6 +58,9 @@ def test_eval_assist_scores_each_method_and_the_teacher_beside_them(tmp_path: Pa
             assert row[metric] is not None and row[metric + "_ci"] >= 0
         assert 0 <= row["top1"] <= 1 and -1 <= row["on_request"] <= 1
     assert scores["curp"]["prompt_tokens"] > scores["none"]["prompt_tokens"]  # the soft tokens
+    # The words stand in the prompt beside the soft tokens: more tokens than curp alone.
+    assert scores["curp-words"]["prompt_tokens"] > scores["curp"]["prompt_tokens"]
+    assert results["curp-words-shuffled"]["n"] == 3
     assert scores["teacher"]["n"] == 15  # every evaluation pair of those users, kept or not
     assert scores["teacher"]["prompt_tokens"] > scores["curp"]["prompt_tokens"]  # it reads text
     assert (tmp_path / "plot.png").stat().st_size > 0

@@ -303,7 +303,7 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     stages = next(
         a for a in train.choices["train"]._actions if isinstance(a, argparse._SubParsersAction)
     )
-    assert set(stages.choices) == {"sources", "codebook", "projector"}
+    assert set(stages.choices) == {"sources", "codebook", "projector", "words"}
     for stage in stages.choices.values():
         for action in stage._actions:
             assert action.help, f"{stage.prog} {action.option_strings} has no help"
