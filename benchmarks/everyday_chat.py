@@ -5,7 +5,8 @@ Every request of ``benchmarks/everyday_requests.json`` is answered once with no 
 (``curp``: that user's soft tokens), greedy, and each reply is checked by
 :func:`curp_chain.data.refusal.is_refusal` and
 :func:`curp_chain.data.refusal.is_degenerate` (a reply that answers nothing: the request
-echoed, or mostly @mentions, hashtags and emoji). Prints
+echoed, or mostly @mentions, hashtags and emoji, or the line of words an assist checkpoint
+with item words places before the request, repeated). Prints
 both per condition; ``--json`` keeps every reply; ``--rescore FILE`` re-counts a saved run.
 
 By default the requests go through ``CurpChatModel.invoke`` exactly as an application sends
@@ -35,9 +36,15 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from curp_chain import CurpChatModel
 from curp_chain.data.refusal import is_degenerate, refusal_reason
+from curp_chain.model.item_words import WORDS_LEAD
 from curp_chain.runtime.defaults import open_llamacpp_backend, open_store
 
 HERE = Path(__file__).parent
+
+
+def degenerate_or_words_echo(reply: str, request: str) -> bool:
+    """Degenerate, or the item-words line repeated instead of an answer."""
+    return is_degenerate(reply, request) or WORDS_LEAD.lower() in reply.lower()
 
 
 def load_requests(path: Path) -> list[str]:
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "request": request,
                     "reply": text,
                     "refusal": refusal_reason(text),
-                    "degenerate": is_degenerate(text, request),
+                    "degenerate": degenerate_or_words_echo(text, request),
                 }
             )
         refused = [r for r in rows if r["refusal"]]
@@ -169,7 +176,9 @@ def rescore(path: Path) -> None:
     for name, result in report["conditions"].items():
         reasons = [refusal_reason(row["reply"]) for row in result["replies"]]
         refused = sum(r is not None for r in reasons)
-        degenerate = sum(is_degenerate(row["reply"], row["request"]) for row in result["replies"])
+        degenerate = sum(
+            degenerate_or_words_echo(row["reply"], row["request"]) for row in result["replies"]
+        )
         if name.startswith("curp:"):
             total, count = total + refused, count + len(reasons)
         kinds = dict(Counter(filter(None, reasons)))

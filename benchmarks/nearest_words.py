@@ -176,7 +176,7 @@ def main() -> None:
     result: dict = {
         "chance": scorer.chance,
         "n": len(examples),
-        "args": vars(args) | {"json": None},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     nearest = Nearest(examples, encoder)
     from_codes = CodeWords(args.decoder, nearest) if args.decoder else None
@@ -193,7 +193,7 @@ def main() -> None:
             )
         result[name] = summary(scorer.score(replies, examples))
         result[name]["prompt_tokens"] = sum(tokens) / len(tokens)
-        result[f"{name}_samples"] = samples[:8]
+        result[f"{name}_replies"] = samples
         shown = {m: round(v, 3) for m, v in result[name].items() if not m.endswith("_ci")}
         print(name, shown, flush=True)
     if args.json:

@@ -12,7 +12,8 @@ against every evaluated user's history:
 - **copy**: the reply repeats one of the asker's items (a run of more than 5 words, or a
   difflib ratio above 0.6, the teacher filter's thresholds);
 - **on request**: cosine of the reply and the request: does it answer what was asked;
-- **refusal**: the reply declines, disclaims, is empty or echoes the request.
+- **refusal**: the reply declines, disclaims, is empty, echoes the request, or repeats the
+  line of words curp-words places before the request.
 
 Intervals are normal 95% half-widths over replies; paired differences compare two methods
 on the same (user, request) pairs.
@@ -31,6 +32,7 @@ import torch
 
 from curp_chain.data.refusal import is_degenerate, is_refusal
 from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.model.item_words import WORDS_LEAD
 from curp_chain.tasks.assist import AssistFilters, copy_scores, cut_item, words
 from curp_chain.tasks.base import TaskExample
 
@@ -82,6 +84,13 @@ class LexicalIndex:
         return best
 
 
+def answers_nothing(reply: str, request: str) -> bool:
+    """A refusal, a degenerate reply, or one that repeats the line of words curp-words puts
+    before the request (curp_chain.model.item_words) instead of answering."""
+    repeats_words = WORDS_LEAD.lower() in reply.lower()
+    return is_refusal(reply) or is_degenerate(reply, request) or repeats_words
+
+
 class AssistScorer:
     """Scores replies against the histories of the evaluated users."""
 
@@ -128,7 +137,7 @@ class AssistScorer:
                         run > self.filters.max_copy_run or ratio > self.filters.max_copy_ratio
                     ),
                     on_request=float(vectors[index] @ requests[index]),
-                    refusal=float(is_refusal(reply) or is_degenerate(reply, example.input)),
+                    refusal=float(answers_nothing(reply, example.input)),
                 )
             )
         return scores
