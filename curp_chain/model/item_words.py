@@ -52,10 +52,10 @@ class ItemWordsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     item_dim: int = Field(gt=0)
+    """Width of a quantized item vector (encoder vector plus style features)."""
     rank: int = Field(0, ge=0)
     """Width of the bottleneck between the item vector and the vocabulary (0: none), which
     keeps the decoder small enough to ship beside a checkpoint."""
-    """Width of a quantized item vector (encoder vector plus style features)."""
     encoder_dim: int = Field(gt=0)
     """The encoder part of an item vector, which the request is compared with."""
     codebook_version: str
