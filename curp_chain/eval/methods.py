@@ -484,7 +484,8 @@ class CurpWordsMethod(CurpMethod):
 
     def fingerprint(self) -> dict[str, Any]:
         words = file_digest(self.settings.checkpoint / ITEM_WORDS_FILE)
-        return {**super().fingerprint(), "item_words": words}
+        line = with_words("{request}", ["{word}"])  # how the words stand in the prompt
+        return {**super().fingerprint(), "item_words": words, "line": line}
 
     def words(self, owner: TaskExample, query: str) -> list[str]:
         limit = self.resources.item_words.config.max_items

@@ -65,7 +65,7 @@ def test_an_everyday_reply_says_which_words_of_the_history_stand_before_the_requ
     assert decoder is not None and words
     assert set(words) <= set(decoder.config.vocabulary)
     prompt = model._prepare([HumanMessage(EVERYDAY)], None, {"user_id": "baker"}).prompt
-    assert with_words(EVERYDAY, words) in prompt.after  # after the soft tokens, before the ask
+    assert with_words(EVERYDAY, words) in prompt.after  # the user turn, after the soft tokens
     assert model.invoke(EVERYDAY).response_metadata["curp"]["words"] == []  # no user
     write = model.invoke(EVERYDAY, user_id="baker", mode="write")
     assert write.response_metadata["curp"]["words"] == []  # the write checkpoint has none

@@ -75,11 +75,13 @@ def test_a_user_with_fewer_items_than_nearest_items_still_gets_words() -> None:
     assert decoder(nearest_items=4).words_for(unit(2)[None], unit(0)) == ["novel"]
 
 
-def test_words_stand_before_the_request_in_the_last_user_turn_only() -> None:
+def test_words_join_the_request_in_the_last_user_turn_only() -> None:
     turns = [ChatTurn("system", "Be brief."), ChatTurn("user", "hi"), ChatTurn("user", "Dinner?")]
     told = with_request_words(turns, ["bread", "novel"])
     assert told[:2] == turns[:2]
-    assert told[2].content == f"{WORDS_LEAD} bread, novel. {WORDS_ASK}\n\nDinner?"
+    assert told[2].content == with_words("Dinner?", ["bread", "novel"])
+    assert "Dinner?" in told[2].content and "bread, novel" in told[2].content
+    assert WORDS_LEAD in told[2].content and WORDS_ASK in told[2].content
     assert with_request_words(turns, []) == turns
     assert with_words("Dinner?", []) == "Dinner?"
 
