@@ -151,22 +151,38 @@ class Personalizer:
         self, codes: Sequence[Sequence[int]], query: str, *, use_query_token: bool = True
     ) -> SoftVectors:
         """Soft tokens (T, H) from item codes (N, M) and the current query."""
-        codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))  # (N, M)
         needs_query = self.user_model.config.query_aware and use_query_token
         query_vector = self.item_vectors([query])[0] if needs_query else None
+        return self.soft_tokens_for(codes, query_vector, use_query_token=use_query_token)
+
+    def soft_tokens_for(
+        self,
+        codes: Sequence[Sequence[int]],
+        query_vector: torch.Tensor | None,
+        *,
+        use_query_token: bool = True,
+    ) -> SoftVectors:
+        """:meth:`soft_tokens_from_codes` with the query already made an item vector."""
+        codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))  # (N, M)
         soft = self.folded.soft_tokens(codes_tensor, query_vector, use_query_token=use_query_token)
         return check_soft_tokens(soft.numpy())
 
-    @torch.inference_mode()
     def words_from_codes(
         self, decoder: ItemWordDecoder, codes: Sequence[Sequence[int]], query: str
     ) -> list[str]:
         """The words ``decoder`` reads off the codes (N, M) of the items nearest ``query``."""
+        return self.words_for(decoder, codes, self.item_vectors([query])[0]) if codes else []
+
+    @torch.inference_mode()
+    def words_for(
+        self, decoder: ItemWordDecoder, codes: Sequence[Sequence[int]], query_vector: torch.Tensor
+    ) -> list[str]:
+        """:meth:`words_from_codes` with the query already made an item vector (its first
+        ``encoder_dim`` values are the encoder's, which the items are compared with)."""
         if not codes:
             return []
         codes_tensor = torch.as_tensor(np.asarray(codes, dtype=np.int64))
-        vectors = self.user_model.quantizer.decode(codes_tensor)
-        return decoder.words_for(vectors, self.encoder.encode([query])[0])
+        return decoder.words_for(self.user_model.quantizer.decode(codes_tensor), query_vector)
 
     def personalize(self, user_id: str | None, query: str) -> Personalization:
         """Soft tokens for ``user_id`` answering ``query``; none (with a reason) when the
@@ -181,12 +197,16 @@ class Personalizer:
             return Personalization(None, user_id, reason="user has no history")
         newest = sorted(items, key=lambda item: item.item_id, reverse=True)
         codes = [item.codes for item in newest[:limit]]
+        query_aware = self.user_model.config.query_aware
+        # One encoder pass serves both the query-aware token and the choice of words.
+        needs_query = query_aware or self.item_words is not None
+        query_vector = self.item_vectors([query])[0] if needs_query else None
         words: list[str] = []
-        if self.item_words:
+        if self.item_words and query_vector is not None:
             word_codes = [item.codes for item in newest[:words_limit]]
-            words = self.words_from_codes(self.item_words, word_codes, query)
+            words = self.words_for(self.item_words, word_codes, query_vector)
         return Personalization(
-            self.soft_tokens_from_codes(codes, query),
+            self.soft_tokens_for(codes, query_vector if query_aware else None),
             user_id,
             history_items=len(codes),
             prototypes=top_prototypes(codes),
