@@ -6,7 +6,7 @@ import asyncio
 import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
@@ -704,6 +704,10 @@ class CurpChatModel(BaseChatModel):
         self._check_checkpoint(backend, personalizer)
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         personalization = personalizer.personalize(kwargs.get("user_id", self.user_id), query)
+        if decoding.specs or decoding.json_schema is not None:
+            # A call or a JSON reply has no use for the words line, and it pulls the model
+            # off the format.
+            personalization = replace(personalization, words=())
         turns = with_request_words(turns, personalization.words)
         turns = with_default_system(
             turns,
