@@ -116,10 +116,19 @@ def main() -> None:
             {"user": e.user_id, "request": e.input, "reply": r}
             for e, r in list(zip(examples, replies, strict=True))[:6]
         ]
-        shown = {m: round(v, 3) for m, v in result[name].items() if not m.endswith("_ci")}
-        print(name, shown, flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        show(name, result[name])
+    write_result(args.json, result)
+
+
+def show(name: str, metrics: dict) -> None:
+    """One line of a variant's metrics, without their intervals."""
+    shown = {m: round(v, 3) for m, v in metrics.items() if not m.endswith("_ci")}
+    print(name, shown, flush=True)
+
+
+def write_result(path: Path | None, result: dict) -> None:
+    if path:
+        path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

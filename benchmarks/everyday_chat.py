@@ -83,15 +83,13 @@ def reply_with_soft(
     """The reply when the user's soft tokens are cut down to their base or offset part."""
     from dataclasses import replace
 
-    from curp_chain.interfaces.protocols import GenerationParams
-
     # The product's own prompt (system message included), with only the soft tokens cut.
     prepared = model._prepare(messages, None, {"user_id": user_id})
     soft = prepared.prompt.soft
     assert soft is not None
     base = model.get_personalizer().user_model.projector.base[: len(soft)].detach().numpy()
     prompt = replace(prepared.prompt, soft=base if part == "base" else soft - base)
-    params = GenerationParams(max_tokens=model.max_tokens, temperature=0.0)
+    params = replace(prepared.params, temperature=0.0)  # the words line's no_echo kept
     backend = prepared.backend
     return "".join(piece.text for piece in backend.stream(prompt, params))
 

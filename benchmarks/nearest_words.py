@@ -24,14 +24,13 @@ tokens are counted as the eval counts them.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from assist_keywords import COMMON, evaluation_words
+from assist_keywords import COMMON, evaluation_words, show, write_result
 from tqdm.auto import tqdm
 
 from curp_chain.data.users import default_data_dir
@@ -194,10 +193,8 @@ def main() -> None:
         result[name] = summary(scorer.score(replies, examples))
         result[name]["prompt_tokens"] = sum(tokens) / len(tokens)
         result[f"{name}_replies"] = samples
-        shown = {m: round(v, 3) for m, v in result[name].items() if not m.endswith("_ci")}
-        print(name, shown, flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        show(name, result[name])
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ Replies are scored as `curp eval assist` scores them, among the personas evaluat
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from assist_keywords import show, write_result
 from tqdm.auto import tqdm
 
 from curp_chain.data.users import default_data_dir
@@ -132,10 +132,8 @@ def main() -> None:
             {"user": e.user_id, "facts": e.profile_texts, "request": e.input, "reply": r}
             for e, r in list(zip(examples, written, strict=True))[:8]
         ]
-        shown = {m: round(v, 3) for m, v in result[name].items() if not m.endswith("_ci")}
-        print(name, shown, flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        show(name, result[name])
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ from curp_chain.model.item_words import (
     check_item_words,
     has_item_words,
     load_item_words,
+    words_line,
 )
 from curp_chain.model.user_model import CurpUserModel
 from curp_chain.personalization.memory import TurnRecorder
@@ -709,6 +710,8 @@ class CurpChatModel(BaseChatModel):
             # off the format.
             personalization = replace(personalization, words=())
         turns = with_request_words(turns, personalization.words)
+        if personalization.words:
+            params = replace(params, no_echo=(words_line(personalization.words),))
         turns = with_default_system(
             turns,
             self.default_system_message,

@@ -304,7 +304,8 @@ class Harness:
                 finish_reason=None, peak_rss_mb=peak_rss_mb(),
             ), example, self.task)  # fmt: skip
         llm = self.resources.llm
-        generation = generate(llm, prompt, self.params)
+        params = replace(self.params, no_echo=method.no_echo(example))
+        generation = generate(llm, prompt, params)
         nll, gold_tokens = (None, 0)
         if self.config.gold_nll:
             nll, gold_tokens = gold_nll(self.resources.scorer, prompt, example.gold)

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from curp_chain.errors import CheckpointError, CurpError, MissingDependencyError
 from curp_chain.eval.metrics import EVAL_INSTALL
 from curp_chain.interfaces.protocols import SoftPrompt, SoftPromptBackend, SoftVectors
+from curp_chain.model import item_words as words_files
 from curp_chain.model.checkpoint import (
     CHECKPOINTS,
     DEFAULT_CHECKPOINT,
@@ -45,19 +46,18 @@ from curp_chain.model.checkpoint import (
 )
 from curp_chain.model.encoder import SentenceEncoder
 from curp_chain.model.item_words import (
-    WEIGHTS_FILE as ITEM_WORDS_FILE,
-)
-from curp_chain.model.item_words import (
     ItemWordDecoder,
     check_item_words,
     has_item_words,
     load_item_words,
     with_words,
+    words_line,
 )
 from curp_chain.model.task_prompt import TaskPrompt, load_task_prompt
 from curp_chain.model.user_model import CurpUserModel
 from curp_chain.personalization.personalizer import Personalizer
 from curp_chain.runtime.defaults import open_hf_backend, open_llamacpp_backend
+from curp_chain.runtime.generation import NO_ECHO_NGRAM
 from curp_chain.runtime.prompt import ChatTurn, build_soft_prompt
 from curp_chain.tasks import Lamp7Task, Task, TaskExample
 
@@ -302,6 +302,11 @@ class Method(ABC):
         the method spends on the user."""
         return self.soft_prompt(self.text_turns(example), None) if self.uses_llm else None
 
+    def no_echo(self, example: TaskExample) -> tuple[str, ...]:
+        """Passages of ``example``'s prompt the reply must not echo
+        (GenerationParams.no_echo)."""
+        return ()
+
     def text_turns(self, example: TaskExample, history: Sequence[str] = ()) -> list[ChatTurn]:
         return text_turns(example, history, self.resources.task)
 
@@ -478,21 +483,45 @@ class CurpWordsMethod(CurpMethod):
 
     name = "curp-words"
 
+    def __init__(self, resources: Resources):
+        super().__init__(resources)
+        self._item_codes: dict[str, np.ndarray] = {}  # up to max_items, beyond curp's
+        self._words: dict[tuple[str, str], list[str]] = {}
+
     def prepare(self) -> None:
         super().prepare()
         _ = self.resources.item_words
 
     def fingerprint(self) -> dict[str, Any]:
-        words = file_digest(self.settings.checkpoint / ITEM_WORDS_FILE)
+        words = file_digest(self.settings.checkpoint / words_files.WEIGHTS_FILE)
         line = with_words("{request}", ["{word}"])  # how the words stand in the prompt
-        return {**super().fingerprint(), "item_words": words, "line": line}
+        return {
+            **super().fingerprint(),
+            "item_words": words,
+            "line": line,
+            "no_echo": NO_ECHO_NGRAM,
+        }
 
     def words(self, owner: TaskExample, query: str) -> list[str]:
-        limit = self.resources.item_words.config.max_items
-        codes = self.resources.personalizer.encode_codes(owner.profile_texts[:limit])
-        return self.resources.personalizer.words_from_codes(
-            self.resources.item_words, codes.tolist(), query
-        )
+        """The words for ``query`` from ``owner``'s newest items (encoded once per owner)."""
+        key = (owner.fingerprint(), query)
+        if key not in self._words:
+            if owner.fingerprint() not in self._item_codes:
+                limit = self.resources.item_words.config.max_items
+                self._item_codes[owner.fingerprint()] = self.resources.personalizer.encode_codes(
+                    owner.profile_texts[:limit]
+                )
+            codes = self._item_codes[owner.fingerprint()].tolist()
+            self._words[key] = self.resources.personalizer.words_from_codes(
+                self.resources.item_words, codes, query
+            )
+        return self._words[key]
+
+    def no_echo(self, example: TaskExample) -> tuple[str, ...]:
+        owner = self.owner(example)
+        if not owner.profile:
+            return ()
+        return (words_line(self.words(owner, request_turns(example)[-1].content)),)
 
     def prompt(self, example: TaskExample) -> SoftPrompt | None:
         turns = request_turns(example)

@@ -106,6 +106,10 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     no_repeat_ngram_size: int = 4
     """Block any n-gram of this size from repeating (0 disables); small models loop without it."""
+    no_echo: tuple[str, ...] = ()
+    """Prompt passages the reply must not echo: no two tokens in a row of a passage may appear
+    in it (a small model may repeat a line of its prompt instead of answering). Words of the
+    passage stay free one at a time."""
     seed: int | None = None
     logprobs: bool = False
     """Report each generated token's log-probability under the model (before sampling

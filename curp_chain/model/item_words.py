@@ -39,11 +39,17 @@ stand in the user turn, where SmolLM2 uses them; the ask makes it use them more 
 measured: docs/experiments.md, 20)."""
 
 
+def words_line(words: Sequence[str]) -> str:
+    """The line that tells the LLM the words; the reply must not echo it (a small model
+    may repeat it instead of answering: GenerationParams.no_echo)."""
+    return f"{WORDS_LEAD} {', '.join(words)}. {WORDS_ASK}"
+
+
 def with_words(request: str, words: Sequence[str]) -> str:
     """The user turn with the words before the request; the request alone when none."""
     if not words:
         return request
-    return f"{WORDS_LEAD} {', '.join(words)}. {WORDS_ASK}\n\n{request}"
+    return f"{words_line(words)}\n\n{request}"
 
 
 class ItemWordsConfig(BaseModel):

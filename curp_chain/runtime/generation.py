@@ -18,32 +18,57 @@ from curp_chain.interfaces.protocols import GenerationChunk, GenerationParams, T
 Logits = npt.NDArray[np.float32]
 
 
+NO_ECHO_NGRAM = 2
+"""No two tokens in a row of a ``no_echo`` passage may appear in the reply: against a longer
+n-gram, a small model echoes the passage all the same with one word changed ("Some things I
+written about: ...")."""
+
+
 def banned_by_ngrams(generated: Sequence[int], n: int) -> set[int]:
     """Tokens that would repeat an n-gram already present in ``generated``.
 
-    Only generated tokens count, not the prompt: a paraphrase must be free to reuse
-    the source's wording.
+    Only generated tokens count, not the prompt: a paraphrase must be free to reuse the
+    source's wording.
     """
     if n <= 0 or len(generated) < n:
         return set()
-    prefix = tuple(generated[len(generated) - n + 1 :])
-    banned = set()
-    for start in range(len(generated) - n + 1):
-        if tuple(generated[start : start + n - 1]) == prefix:
-            banned.add(generated[start + n - 1])
+    return continuations(generated, generated[len(generated) - n + 1 :], n)
+
+
+def banned_by_echo(generated: Sequence[int], passages: Sequence[Sequence[int]]) -> set[int]:
+    """Tokens that would continue, after the reply's last token, a bigram of one of
+    ``passages`` (the tokens of ``GenerationParams.no_echo``)."""
+    if not generated:
+        return set()
+    banned: set[int] = set()
+    for passage in passages:
+        banned |= continuations(passage, generated[-NO_ECHO_NGRAM + 1 :], NO_ECHO_NGRAM)
     return banned
+
+
+def continuations(tokens: Sequence[int], prefix: Sequence[int], n: int) -> set[int]:
+    """The tokens that follow ``prefix`` (n - 1 tokens) in the n-grams of ``tokens``."""
+    wanted = tuple(prefix)
+    return {
+        tokens[start + n - 1]
+        for start in range(len(tokens) - n + 1)
+        if tuple(tokens[start : start + n - 1]) == wanted
+    }
 
 
 class TokenSampler:
     """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling."""
 
-    def __init__(self, params: GenerationParams):
+    def __init__(self, params: GenerationParams, echo: Sequence[Sequence[int]] = ()):
         self.params = params
+        self.echo = echo
+        """The tokens of ``params.no_echo``'s passages."""
         self.rng = np.random.default_rng(params.seed)
 
     def choose(self, logits: Logits, generated: Sequence[int]) -> int:
         scores = logits.astype(np.float64, copy=True)
         banned = banned_by_ngrams(generated, self.params.no_repeat_ngram_size)
+        banned |= banned_by_echo(generated, self.echo)
         for token in banned:
             scores[token] = -np.inf
         if banned and not np.isfinite(scores).any():  # a grammar allowed only repeats
@@ -137,9 +162,11 @@ def decode_loop(
     input_tokens: int,
     soft_tokens: int,
     constraint: TokenConstraint | None = None,
+    echo: Sequence[Sequence[int]] = (),
 ) -> Iterator[GenerationChunk]:
     """Sample up to ``max_new_tokens`` tokens, streaming text as it becomes final; each
-    sampled token is decoded at once through ``feed``."""
+    sampled token is decoded at once through ``feed``. ``echo`` holds the tokens of
+    ``params.no_echo``'s passages."""
     steps = decode_steps(
         first_logits,
         detokenize,
@@ -149,6 +176,7 @@ def decode_loop(
         input_tokens=input_tokens,
         soft_tokens=soft_tokens,
         constraint=constraint,
+        echo=echo,
     )
     for step in steps:
         if isinstance(step, Feed):
@@ -167,10 +195,12 @@ def decode_steps(
     input_tokens: int,
     soft_tokens: int,
     constraint: TokenConstraint | None = None,
+    echo: Sequence[Sequence[int]] = (),
 ) -> Iterator[GenerationChunk | Feed]:
     """``decode_loop`` with the decoding left to the caller: yields text chunks, and a
-    ``Feed`` for every token to decode, resumed once its ``logits`` are set."""
-    sampler = TokenSampler(params)
+    ``Feed`` for every token to decode, resumed once its ``logits`` are set. ``echo`` holds
+    the tokens of ``params.no_echo``'s passages."""
+    sampler = TokenSampler(params, echo)
     generated: list[int] = []
     emitted = 0
     logits = first_logits

@@ -48,7 +48,8 @@ FUNCTION_WORDS = frozenset(
 
 
 def is_content_word(word: str) -> bool:
-    return word not in FUNCTION_WORDS and len(word) > 2 and not word.isdigit()
+    plain = word.replace("\u2019", "'")  # "it’s" is "it's": phones type the curly one
+    return plain not in FUNCTION_WORDS and len(word) > 2 and not word.isdigit()
 
 
 def item_texts(users: Sequence[AssistUser], per_user: int) -> list[str]:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from curp_chain import CurpChatModel
 from curp_chain.errors import CurpError
 from curp_chain.model.checkpoint import ASSIST_CHECKPOINT, DEFAULT_CHECKPOINT, LAMP7_CHECKPOINT
-from curp_chain.model.item_words import with_words
+from curp_chain.model.item_words import with_words, words_line
 from curp_chain.runtime.prompt import ChatTurn
 from curp_chain.tasks import RedditTask
 from curp_chain.tasks.assist_task import ASSIST_SYSTEM
@@ -69,6 +69,15 @@ def test_an_everyday_reply_says_which_words_of_the_history_stand_before_the_requ
     assert model.invoke(EVERYDAY).response_metadata["curp"]["words"] == []  # no user
     write = model.invoke(EVERYDAY, user_id="baker", mode="write")
     assert write.response_metadata["curp"]["words"] == []  # the write checkpoint has none
+
+
+def test_the_reply_may_not_echo_the_words_line(model) -> None:
+    # The backends enforce no_echo (test_backends.py); a small model otherwise repeats the
+    # line instead of answering.
+    prepared = model._prepare([HumanMessage(EVERYDAY)], None, {"user_id": "baker"})
+    assert prepared.personalization.words
+    assert prepared.params.no_echo == (words_line(prepared.personalization.words),)
+    assert model._prepare([HumanMessage(EVERYDAY)], None, {}).params.no_echo == ()  # no words
 
 
 def test_two_users_with_different_histories_get_different_words(model) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -161,6 +163,18 @@ def test_logprobs_follow_every_generated_token(llama_backend, hf_backend) -> Non
             assert entry.logprob <= 0.0
         first.append(entries[0].logprob)
     assert abs(first[0] - first[1]) < 0.1  # quantized and float matmuls score alike
+
+
+def test_a_reply_never_echoes_a_no_echo_passage(llama_backend, hf_backend) -> None:
+    prompt = soft_prompt(llama_backend, "Name three fruits.", random_soft(6))
+    free = GenerationParams(max_tokens=16)
+    for backend in (llama_backend, hf_backend):
+        reply = "".join(chunk.text for chunk in backend.stream(prompt, free))
+        guarded = replace(free, no_echo=(reply,))  # the reply it gives when free
+        echoing = "".join(chunk.text for chunk in backend.stream(prompt, guarded))
+        ids, passage = backend.tokenize(echoing), backend.tokenize(reply)
+        assert echoing.strip() and echoing != reply
+        assert not set(pairwise(ids)) & set(pairwise(passage))
 
 
 COLOUR = {

@@ -132,3 +132,4 @@ def test_function_words_digits_and_short_words_never_enter_the_vocabulary() -> N
         "bread",
         "climbing",
     ]
+    assert not is_content_word("it\u2019s") and not is_content_word("don\u2019t")  # curly

@@ -13,6 +13,7 @@ from curp_chain.interfaces.protocols import GenerationChunk, GenerationParams
 from curp_chain.runtime.generation import (
     Feed,
     TokenSampler,
+    banned_by_echo,
     banned_by_ngrams,
     decode_steps,
     find_stop,
@@ -72,6 +73,22 @@ def test_ngram_blocking_bans_only_repeats_of_generated_ngrams() -> None:
     assert banned_by_ngrams([1, 2, 3, 4], 3) == set()
     assert banned_by_ngrams([5, 5, 5], 2) == {5}
     assert banned_by_ngrams([1, 2], 0) == set()
+
+
+def test_echo_blocking_bans_every_bigram_of_the_passages() -> None:
+    line = [7, 8, 9, 10]
+    assert banned_by_echo([4, 7], [line]) == {8}  # anywhere in the reply
+    assert banned_by_echo([10], [line]) == set()  # 10 ends the line
+    assert banned_by_echo([8], [[5, 8, 3], line]) == {3, 9}
+    assert banned_by_echo([], [line]) == set()  # a passage's first word may open the reply
+    assert banned_by_echo([7, 8], []) == set()
+
+
+def test_the_sampler_turns_away_from_a_passage_it_must_not_echo() -> None:
+    logits = np.array([0.0, 1.0, 5.0, 0.0], np.float32)  # 2 would continue the line
+    params = GenerationParams(no_repeat_ngram_size=0, no_echo=("the line",))
+    assert TokenSampler(params, [[0, 1, 2]]).choose(logits, [3, 1]) == 1
+    assert TokenSampler(params).choose(logits, [3, 1]) == 2
 
 
 @given(

@@ -28,7 +28,12 @@ import torch
 from curp_chain.errors import BackendError, ContextLengthError, MissingDependencyError
 from curp_chain.interfaces.protocols import GenerationChunk, GenerationParams, SoftPrompt
 from curp_chain.locations import curp_home
-from curp_chain.runtime.generation import Logits, banned_by_ngrams, decode_loop
+from curp_chain.runtime.generation import (
+    Logits,
+    banned_by_echo,
+    banned_by_ngrams,
+    decode_loop,
+)
 from curp_chain.runtime.scheduler import GenerationStream, RequestScheduler
 from curp_chain_integrations.backends.gguf import check_model_file, gguf_problem, model_id_from_gguf
 from curp_chain_integrations.backends.hf_constraints import GrammarEngine, GuidanceConstraint
@@ -361,6 +366,7 @@ class TransformersBackend(HFTokenizerMixin):
             input_tokens=n_input,
             soft_tokens=n_soft,
             constraint=constraint,
+            echo=[self.tokenize(text) for text in params.no_echo],
         )
 
     @torch.no_grad()
@@ -370,7 +376,8 @@ class TransformersBackend(HFTokenizerMixin):
         """Replies to text-only prompts (already templated), decoded side by side.
 
         Greedy or sampled as ``params`` says, with the same rule as :meth:`stream` for
-        repeated n-grams (generated tokens only); ``max_tokens[i]`` bounds reply ``i``.
+        repeated n-grams (the reply's own and ``params.no_echo``'s); ``max_tokens[i]``
+        bounds reply ``i``.
         Returns (text, finish_reason) per prompt, finish_reason "stop" or "length". Batch
         jobs (paraphrasing training data) use this; interactive replies use :meth:`stream`.
         """
@@ -393,12 +400,13 @@ class TransformersBackend(HFTokenizerMixin):
         ).to(self.device)
         prompt_length = int(inputs["input_ids"].shape[1])
         ngram = params.no_repeat_ngram_size
+        echo = [self.tokenize(text) for text in params.no_echo]
 
         class _BlockGeneratedNgrams(LogitsProcessor):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
                 generated = input_ids[:, prompt_length:].tolist()
                 for row, tokens in enumerate(generated):
-                    banned = banned_by_ngrams(tokens, ngram)
+                    banned = banned_by_ngrams(tokens, ngram) | banned_by_echo(tokens, echo)
                     if banned:
                         scores[row, list(banned)] = -float("inf")
                 return scores

@@ -305,6 +305,7 @@ class LlamaCppBackend:
                 input_tokens=n_input,
                 soft_tokens=n_soft,
                 constraint=grammar,
+                echo=[self.tokenize(text) for text in params.no_echo],
             )
             for step in steps:
                 if isinstance(step, Feed):

@@ -194,7 +194,9 @@ class VLLMBackend(HFTokenizerMixin):
                 "logprobs are offered by the llama.cpp and transformers backends only"
             )
         if params.no_repeat_ngram_size and not self._warned_ngrams:
-            logger.warning("vLLM backend: n-gram repeat blocking is not applied")
+            logger.warning(
+                "vLLM backend: n-gram blocking (no_repeat_ngram_size, no_echo) is not applied"
+            )
             self._warned_ngrams = True
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
