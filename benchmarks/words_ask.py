@@ -1,6 +1,7 @@
 """Which ask after the item words makes SmolLM2 use them, as served (soft tokens and words)?
 
-    python benchmarks/words_ask.py [--split train] [--limit 126] [--threads 1] [--json PATH]
+    python benchmarks/words_ask.py [--split train] [--limit 126] [--asks all]
+        [--echo-ngrams 2] [--threads 1] [--json PATH]
 
 The line before an everyday request is "Some things I wrote about: w1, ..., w8." and an ask
 (``curp_chain.model.item_words.WORDS_ASK``). Each ask below is served as ``curp eval
@@ -8,7 +9,8 @@ assist`` serves ``curp-words`` (and ``curp-words-shuffled``: another user's word
 replies are scored as it scores them. Choose on the training split's users, then confirm on
 the held-out users of ``curp eval assist``: the evaluation pairs are not for tuning.
 The asks are kept about as short as the shipped one, so the line stays within a fifth of
-rag's prompt tokens.
+rag's prompt tokens. ``--echo-ngrams`` also varies how many tokens in a row of the line the
+reply may not repeat (``curp_chain.runtime.generation.NO_ECHO_NGRAM``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from curp_chain.eval.methods import ASSIST_TASK_CHECKPOINT, MethodSettings
 from curp_chain.model import item_words
 from curp_chain.model.checkpoint import ASSIST_CHECKPOINT
 from curp_chain.model.encoder import SentenceEncoder
+from curp_chain.runtime import generation
 
 ASKS = (
     "Suggest something that fits them.",
@@ -38,38 +41,48 @@ ASKS = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="train")
-    parser.add_argument("--limit", type=int, default=126)
+    parser.add_argument("--limit", type=int, default=126, help="0: every pair of the split")
+    parser.add_argument("--asks", default="all", help="'all', or indices into ASKS: 0,2")
+    parser.add_argument(
+        "--echo-ngrams", default="2", help="n-gram sizes of the echo ban to try (shipped: 2)"
+    )
     parser.add_argument("--methods", default="curp-words,curp-words-shuffled")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("runs/words-ask-cache"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    asks = ASKS if args.asks == "all" else [ASKS[int(i)] for i in args.asks.split(",")]
+    encoder = SentenceEncoder()
+    result: dict = {"split": args.split, "runs": {}}
+    for n in [int(n) for n in args.echo_ngrams.split(",")]:
+        generation.NO_ECHO_NGRAM = n  # read per token; the cache folder keys on it
+        for ask in asks:
+            item_words.WORDS_ASK = ask  # with_words reads it per call; the eval cache keys on it
+            run = run_eval(eval_config(args, args.cache / f"echo-{n}"))
+            scores, tokens, chance = assist_report.score_methods(
+                run.records, run.examples, None, encoder
+            )
+            result["chance"] = chance
+            result["runs"][f"{ask} | echo {n}"] = assist_report.results(scores, tokens, chance)
+            for method, rows in scores.items():
+                show(f"{ask!r} echo {n} {method}", {**summary(rows), "tokens": tokens[method]})
+    write_result(args.json, result)
+
+
+def eval_config(args: argparse.Namespace, cache: Path) -> EvalConfig:
     settings = MethodSettings(
         checkpoint=ASSIST_CHECKPOINT, task_checkpoint=ASSIST_TASK_CHECKPOINT, threads=args.threads
     )
-    encoder = SentenceEncoder()
-    result: dict = {"split": args.split, "asks": {}}
-    for ask in ASKS:
-        item_words.WORDS_ASK = ask  # with_words reads it per call; the eval cache keys on it
-        config = EvalConfig(
-            data=default_data_dir(),
-            task="assist",
-            split=args.split,
-            methods=tuple(args.methods.split(",")),
-            limit=args.limit,
-            gold_nll=False,
-            cache_dir=args.cache,
-            method_settings=settings,
-        )
-        run = run_eval(config)
-        scores, tokens, chance = assist_report.score_methods(
-            run.records, run.examples, None, encoder
-        )
-        result["chance"] = chance
-        result["asks"][ask] = assist_report.results(scores, tokens, chance)
-        for method, rows in scores.items():
-            show(f"{ask!r} {method}", {**summary(rows), "tokens": tokens[method]})
-    write_result(args.json, result)
+    return EvalConfig(
+        data=default_data_dir(),
+        task="assist",
+        split=args.split,
+        methods=tuple(args.methods.split(",")),
+        limit=args.limit or None,
+        gold_nll=False,
+        cache_dir=cache,
+        method_settings=settings,
+    )
 
 
 if __name__ == "__main__":
