@@ -36,8 +36,9 @@ def banned_by_ngrams(generated: Sequence[int], n: int) -> set[int]:
 
 
 def banned_by_echo(generated: Sequence[int], passages: Sequence[Sequence[int]]) -> set[int]:
-    """Tokens that would continue, after the reply's last token, a bigram of one of
-    ``passages`` (the tokens of ``GenerationParams.no_echo``)."""
+    """Tokens that would complete, after the reply's last tokens, an n-gram of
+    ``NO_ECHO_NGRAM`` tokens of one of ``passages`` (the tokens of
+    ``GenerationParams.no_echo``)."""
     if not generated:
         return set()
     banned: set[int] = set()

@@ -193,7 +193,7 @@ class VLLMBackend(HFTokenizerMixin):
             raise BackendError(
                 "logprobs are offered by the llama.cpp and transformers backends only"
             )
-        if params.no_repeat_ngram_size and not self._warned_ngrams:
+        if (params.no_repeat_ngram_size or params.no_echo) and not self._warned_ngrams:
             logger.warning(
                 "vLLM backend: n-gram blocking (no_repeat_ngram_size, no_echo) is not applied"
             )
