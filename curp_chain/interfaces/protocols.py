@@ -135,6 +135,10 @@ class GenerationParams:
             raise InvalidGenerationParamsError("top_logprobs needs logprobs=True")
         if self.json_or_text and self.json_schema is None:
             raise InvalidGenerationParamsError("json_or_text needs a json_schema")
+        if isinstance(self.no_echo, str):  # it would iterate as single characters
+            raise InvalidGenerationParamsError(
+                "no_echo takes a tuple of passages, not one string: no_echo=(text,)"
+            )
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,11 @@ def test_token_logprob_is_the_log_softmax_with_the_likeliest_tokens_first() -> N
     assert len(token_logprob(logits, 0, 99, str).top) == 5
 
 
+def test_no_echo_takes_passages_not_one_string() -> None:
+    with pytest.raises(InvalidGenerationParamsError, match="tuple of passages"):
+        GenerationParams(no_echo="Some things I wrote about")  # type: ignore[arg-type]
+
+
 def test_top_logprobs_need_logprobs() -> None:
     with pytest.raises(InvalidGenerationParamsError, match="logprobs=True"):
         GenerationParams(top_logprobs=2)
